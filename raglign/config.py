@@ -1,0 +1,105 @@
+"""Typed job configurations: pydantic v2 models loaded from YAML, validated with readable errors.
+
+Each job (convert, retrieve, label, mine, train, eval, tune, demo …) defines one ``JobConfig``
+subclass next to the code that runs it and lists it in :data:`JOBS`; a YAML recipe names its job
+in a top-level ``job:`` key. Defaults follow the papers (../shared/design/methods.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from raglign.errors import ConfigError
+
+
+class StrictModel(BaseModel):
+    """Base for every config block: unknown keys are errors (a typo must not be ignored)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(StrictModel):
+    """Where to run: an existing cluster (``address``) or a local Ray started for this job."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    object_store_memory_mb: int = 512
+
+
+class JobConfig(StrictModel):
+    """Common to all jobs: the job's name (its YAML ``job:`` key) and where Ray runs."""
+
+    job: str
+    ray: RayConfig = RayConfig()
+
+
+# job name → "module:ClassName"; imported lazily so `raglign --help` stays fast.
+JOBS: dict[str, str] = {}
+
+C = TypeVar("C", bound=BaseModel)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per bad field: ``path.to.field: reason (got value)``."""
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {path}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def validate(cls: type[C], data: dict[str, Any], source: str = "<config>") -> C:
+    """Build ``cls`` from ``data`` or raise :class:`ConfigError` naming each bad field."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``, with a clear error for missing files and bad YAML."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def job_class(name: str) -> type[JobConfig]:
+    """The config class registered for a job name."""
+    if name not in JOBS:
+        raise ConfigError(f"unknown job {name!r}; known jobs: {', '.join(sorted(JOBS))}")
+    module, cls = JOBS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Load a job YAML (its ``job:`` key picks the config class), apply overrides, validate."""
+    data = read_yaml(path)
+    if "job" not in data:
+        raise ConfigError(f"{path}: missing top-level key 'job' (one of {', '.join(sorted(JOBS))})")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return validate(job_class(data["job"]), data, str(path))
+
+
+def dump_yaml(config: BaseModel) -> str:
+    """The config as YAML (every default written out), for run directories and model cards."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

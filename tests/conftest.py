@@ -1,0 +1,88 @@
+"""Shared fixtures: the shared data location, one Ray session, real tokenizers and tiny models.
+
+Tiny models are random-initialised from small configs but use the real tokenizers of the
+packaged models, so prompt construction, chat templates and token boundaries are exercised
+exactly as with the real weights; the ``integration`` marker is for tests that need real weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``$RAGLIGN_SHARED_DATA`` or ``../shared/data`` beside the repository."""
+    path = Path(os.environ.get("RAGLIGN_SHARED_DATA", REPO.parent / "shared" / "data"))
+    assert path.is_dir(), f"shared data not found at {path}; set RAGLIGN_SHARED_DATA"
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    """One local Ray for the whole test session (2 CPUs, 512 MiB object store)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False,
+                 _temp_dir=str(tmp_path_factory.mktemp("ray")), log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smollm_tokenizer():
+    from raglign.models.registry import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer():
+    from raglign.models.registry import load_tokenizer
+
+    return load_tokenizer("gemma3-270m")
+
+
+def _tiny(config_cls_name: str, model_type_kwargs: dict, vocab_size: int, seed: int = 0):
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, config_cls_name)(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        **model_type_kwargs,
+    )
+    model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm_tokenizer):
+    """Llama-family (SmolLM2's architecture) with SmolLM2's tokenizer."""
+    return _tiny("LlamaConfig", {"tie_word_embeddings": True}, len(smollm_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(smollm_tokenizer):
+    """Qwen2-family (q/k/v biases) with SmolLM2's tokenizer (Qwen's is not available offline)."""
+    return _tiny("Qwen2Config", {}, len(smollm_tokenizer), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(gemma_tokenizer):
+    """Gemma-3 text model (sliding-window + global layers) with Gemma-3's 262k tokenizer."""
+    return _tiny("Gemma3TextConfig", {"head_dim": 16, "sliding_window": 8,
+                                      "layer_types": ["sliding_attention", "full_attention"]},
+                 len(gemma_tokenizer), seed=2)
