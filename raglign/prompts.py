@@ -106,3 +106,18 @@ def rationale_prompt(tokenizer: Any, question: str, answer: str) -> str:
         return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)
     return text
+
+
+def answer_continuation(tokenizer: Any, answer: str) -> str:
+    """The answer as the model should continue the prompt: after a chat template's assistant
+    header it starts directly; after a plain "Answer:" it follows a space."""
+    return answer if getattr(tokenizer, "chat_template", None) else " " + answer.lstrip()
+
+
+def encode_piece(tokenizer: Any, text: str, first: bool = False) -> list[int]:
+    """Token ids of one piece of a prompt. Pieces (prefix, each document, suffix, answer) are
+    tokenised separately and concatenated, in every backend and in the engine alike, so that
+    token boundaries never depend on which documents were kept. Only the first piece gets the
+    tokenizer's special tokens (BOS), and only when no chat template writes them itself."""
+    add = first and not getattr(tokenizer, "chat_template", None)
+    return tokenizer(text, add_special_tokens=add)["input_ids"]
