@@ -40,7 +40,12 @@ class JobConfig(StrictModel):
 
 
 # job name → "module:ClassName"; imported lazily so `raglign --help` stays fast.
-JOBS: dict[str, str] = {}
+JOBS: dict[str, str] = {
+    "eval": "raglign.pipeline.evaluate:EvalConfig",
+    "label": "raglign.pipeline.label:LabelConfig",
+    "mine": "raglign.pipeline.mine:MineConfig",
+    "retrieve": "raglign.pipeline.retrieve:RetrieveConfig",
+}
 
 C = TypeVar("C", bound=BaseModel)
 

@@ -1,0 +1,69 @@
+"""``raglign eval`` and ``raglign report``: evaluate rerankers end to end; compare runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _eval(args) -> int:
+    from raglign.config import load_job, validate
+    from raglign.pipeline.evaluate import EvalConfig, evaluate
+
+    if args.config:
+        cfg = load_job(args.config)
+    else:
+        if not args.data or not args.output:
+            raise SystemExit("raglign eval: DATA_DIR and --output are required without --config")
+        fields = {k: getattr(args, k) for k in (
+            "data", "output", "reranker", "reranker_kind", "rank_by", "generator", "k", "k1",
+            "max_new_tokens", "dtype", "limit", "split", "category_key", "actors", "batch_size",
+            "name") if getattr(args, k) is not None}
+        if args.address:
+            fields["ray"] = {"address": args.address}
+        cfg = validate(EvalConfig, {"job": "eval", **fields}, "command line")
+    evaluate(cfg)
+    return 0
+
+
+def _report(args) -> int:
+    from raglign.evaluate.report import bar_plot, load_runs, markdown_table
+
+    runs = load_runs(args.runs)
+    table = markdown_table(runs)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        png = bar_plot(runs, out.with_suffix(".png"))
+        out.write_text(f"# raglign comparison\n\n{table}\n\n![runs]({png.name})\n")
+        print(f"wrote {out} and {png}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="rank candidates with a reranker (or a signal) and evaluate "
+                       "retrieval metrics and, with --generator, end-to-end QA")
+    p.add_argument("data", nargs="?", help="canonical dataset directory (rows with candidates)")
+    p.add_argument("--config", help="an eval job YAML instead of flags")
+    p.add_argument("--output", help="report JSON path (a .rows.parquet and .md go beside it)")
+    p.add_argument("--reranker", help="reranker name or path; 'none' keeps the retrieval order")
+    p.add_argument("--reranker-kind", choices=["cross", "bi"])
+    p.add_argument("--rank-by", help="rank by a candidate field instead (mining setting)")
+    p.add_argument("--generator", help="generator name or path for the generator setting")
+    p.add_argument("--k", type=int, help="documents to the generator and @k (default 5)")
+    p.add_argument("--k1", type=int, help="candidates the reranker sees (default 20)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--dtype")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--split", help="only rows whose meta.split is this")
+    p.add_argument("--category-key", help="meta key for the per-category breakdown")
+    p.add_argument("--actors", type=int, help="Ray Data actors per model stage")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--name", help="run name in reports")
+    p.add_argument("--address", help="Ray cluster address (default: a local Ray)")
+    p.set_defaults(func=_eval)
+
+    r = sub.add_parser("report", help="compare eval runs: Markdown table (+ PNG with --output)")
+    r.add_argument("runs", nargs="+", help="JSON reports written by raglign eval")
+    r.add_argument("--output", help="Markdown file to write; the plot goes beside it")
+    r.set_defaults(func=_report)

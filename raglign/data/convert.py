@@ -1,0 +1,135 @@
+"""``convert``: any supported input format → a canonical Parquet dataset plus its summary.
+
+Output goes to a hidden staging directory inside ``output_dir`` and is moved into place only
+when the whole input has been read, so a conversion that fails on a bad record leaves a previous
+conversion in ``output_dir`` intact, and a finished one never mixes its part files with an older
+one's (those are removed, and the summary says how many). ``_summary.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from raglign.data.io import write_table_atomic
+from raglign.data.loaders import Result, get_format, iter_results
+from raglign.data.schema import to_table
+from raglign.data.summary import CorpusSummary, Summary
+from raglign.errors import DataError
+
+REJECTS = "_rejects.jsonl"
+SUMMARY = "_summary.json"
+
+
+class StagedOutput:
+    """Part files and rejects written to a staging dir, then swapped into ``output_dir``.
+
+    Rows are buffered ``rows_per_file`` at a time and written as ``part-NNNNN.parquet`` with
+    ``make_table`` (the canonical :func:`to_table`, or the corpus schema), so memory stays
+    bounded for large inputs.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, make_table: Callable[[list[dict]], pa.Table],
+                 rows_per_file: int = 50_000):
+        self.out = Path(output_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise DataError(str(self.out), None, None, "output path exists and is not a directory")
+        self.created = not self.out.exists()
+        self.stage = self.out / f".staging-{uuid.uuid4().hex}"
+        self.stage.mkdir(parents=True)
+        self.make_table, self.rows_per_file = make_table, rows_per_file
+        self.buffer: list[dict] = []
+        self.parts: list[str] = []
+        self.rejects = None
+
+    def add(self, row: dict) -> None:
+        self.buffer.append(row)
+        if len(self.buffer) >= self.rows_per_file:
+            self._flush()
+
+    def reject(self, source: str, record: int, error: DataError, raw: Any) -> None:
+        if self.rejects is None:
+            self.rejects = open(self.stage / REJECTS, "w", encoding="utf-8")
+        entry = {"source": source, "record": record, "field": error.field, "reason": error.reason,
+                 "raw": raw}
+        self.rejects.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+
+    def _flush(self) -> None:
+        if self.buffer or not self.parts:  # an empty input still gets one (empty) part file
+            name = f"part-{len(self.parts):05d}.parquet"
+            write_table_atomic(self.make_table(self.buffer), self.stage / name)
+            self.parts.append(name)
+        self.buffer = []
+
+    def commit(self) -> int:
+        """Move the staged files into ``output_dir``; returns how many old part files it removed."""
+        self._flush()
+        self.close()
+        old = sorted(self.out.glob("part-*.parquet"))
+        for f in old + [self.out / REJECTS, self.out / SUMMARY]:
+            f.unlink(missing_ok=True)
+        for f in self.stage.iterdir():
+            os.replace(f, self.out / f.name)
+        self.stage.rmdir()
+        return len(old)
+
+    def close(self) -> None:
+        if self.rejects is not None:
+            self.rejects.close()
+            self.rejects = None
+
+    def abort(self) -> None:
+        """Drop the staged files (and ``output_dir`` itself if this run created it)."""
+        self.close()
+        shutil.rmtree(self.stage, ignore_errors=True)
+        if self.created and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+
+def run_staged(results: Iterable[Result], output: StagedOutput, summary: Summary | CorpusSummary,
+               skip_invalid: bool, limit: int | None) -> Summary | CorpusSummary:
+    """Drain ``results`` into ``output`` (rejecting or raising on errors), then commit it."""
+    try:
+        for res in results:
+            if limit is not None and summary.count >= limit:
+                break
+            if res.error is not None:
+                if not skip_invalid:
+                    raise res.error
+                output.reject(res.record.source, res.record.number, res.error, res.record.raw)
+                summary.rejected += 1
+                continue
+            output.add(res.row)
+            summary.add(res.row)
+        summary.replaced_files = output.commit()
+    except BaseException:
+        output.abort()
+        raise
+    summary.files = [str(output.out / p) for p in output.parts]
+    summary.write(output.out / SUMMARY)
+    return summary
+
+
+def convert(format: str, input: str | os.PathLike, output_dir: str | os.PathLike,
+            skip_invalid: bool = False, limit: int | None = None, rows_per_file: int = 50_000,
+            **opts: Any) -> Summary:
+    """Convert ``input`` (read as ``format``) into canonical Parquet under ``output_dir``.
+
+    Bad records raise :class:`DataError`; with ``skip_invalid`` they go to
+    ``output_dir/_rejects.jsonl`` with their reason and are counted in the summary. ``limit``
+    stops after that many converted rows. ``opts`` are the format's options (``split``,
+    ``columns``, ``hf_split``, ``hf_config``). The summary is also written to ``_summary.json``.
+    """
+    get_format(format)  # fail on an unknown format before touching output_dir
+    results = iter_results(format, input, **opts)
+    summary = Summary(format=format, input=str(input), output_dir=str(output_dir))
+    return run_staged(results, StagedOutput(output_dir, to_table, rows_per_file), summary,
+                      skip_invalid, limit)
+

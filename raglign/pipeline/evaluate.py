@@ -1,0 +1,254 @@
+"""``raglign eval``: G-Rerank's reranker and generator settings on any canonical dataset.
+
+Reranker setting: the first ``k1`` candidates of each row (the retriever's order, which is the
+base ranking) are re-scored by a reranker — or kept in retrieval order for ``reranker: none`` —
+and ranked; Recall@k / NDCG@k / MRR are computed against the rows' gold documents, plus Recall@k
+on *indirectly relevant* gold documents (gold documents whose text does not contain any
+normalised answer; HotpotQA's bridge evidence). Generator setting: the top ``k`` documents go into
+the papers' QA prompt, the generator answers greedily, EM / SubEM / F1 (MMLU: option accuracy)
+are computed. The mining setting is the same computation run on *training* questions, with a
+signal field (``--rank-by answer_logprob``) or a trained reranker.
+
+Both model stages are Ray Data actor pools, so the same job scales from a laptop to a cluster:
+each actor loads its model once. Per-row results go to Parquet, the aggregate (bootstrap 95% CIs,
+per-category breakdown) to JSON, and a Markdown summary beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from raglign.config import JobConfig
+from raglign.data.io import read_rows
+from raglign.data.schema import row_meta
+from raglign.errors import ConfigError
+
+BASE_RERANKER = "none"  # keep the retriever's order
+
+
+class EvalConfig(JobConfig):
+    """One evaluation run. Defaults follow the papers: k1 = 20 candidates, k2 = 5 to the reader."""
+
+    job: Literal["eval"] = "eval"
+    data: str
+    output: str
+    reranker: str = BASE_RERANKER
+    reranker_kind: Literal["cross", "bi"] = "cross"
+    rank_by: str | None = Field(None, description="rank by a candidate field (mining setting)")
+    generator: str | None = None
+    k: int = Field(5, ge=1, description="documents given to the generator; the @k of the metrics")
+    k1: int = Field(20, ge=1, description="retrieved candidates the reranker sees")
+    ks: list[int] = [1, 5, 10, 20]
+    max_new_tokens: int = Field(32, ge=1)
+    dtype: str = "auto"
+    limit: int | None = Field(None, ge=1)
+    split: str | None = Field(None, description="keep rows whose meta.split equals this")
+    category_key: str | None = Field(None, description="meta key for the per-category table; "
+                                     "default: 'category' for MMLU, 'type' for HotpotQA")
+    actors: int = Field(1, ge=1)
+    batch_size: int = Field(8, ge=1)
+    n_boot: int = Field(1000, ge=100)
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one_ranking(self):
+        if self.rank_by and self.reranker != BASE_RERANKER:
+            raise ValueError("give either reranker or rank_by, not both")
+        return self
+
+    @property
+    def run_name(self) -> str:
+        return self.name or (self.rank_by or Path(self.reranker).name)
+
+
+class _RerankActor:
+    """Ray Data callable class: scores each row's first k1 candidates with one reranker."""
+
+    def __init__(self, reranker: str, kind: str, k1: int):
+        from raglign.models.rerankers import load_reranker
+
+        self.model = load_reranker(reranker, kind=kind)
+        self.k1 = k1
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from raglign.models.rerankers import doc_text
+
+        scores = []
+        for question, cands in zip(batch["question"], batch["candidates"]):
+            docs = [doc_text(c["title"], c["text"]) for c in list(cands)[: self.k1]]
+            scores.append(self.model.score(str(question), docs) if docs else [])
+        return {"id": list(batch["id"]), "rerank_scores": scores}
+
+
+class _GenerateActor:
+    """Ray Data callable class: answers each row from its top-k documents with the QA prompt."""
+
+    def __init__(self, generator: str, dtype: str, k: int, max_new_tokens: int):
+        from raglign.models.generator import TransformersGenerator
+
+        self.gen = TransformersGenerator.from_name(generator, dtype=dtype)
+        self.k, self.max_new_tokens = k, max_new_tokens
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        from raglign.prompts import qa_prompt
+
+        prompts = []
+        for question, cands, order, choices in zip(batch["question"], batch["candidates"],
+                                                   batch["ranking"], batch["choices"]):
+            cands = list(cands)
+            docs = [(cands[i]["title"], cands[i]["text"]) for i in list(order)[: self.k]]
+            choices = None if choices is None else [str(c) for c in choices]
+            prompts.append(qa_prompt(self.gen.tokenizer, str(question), docs, choices or None))
+        predictions = self.gen.generate(prompts, max_new_tokens=self.max_new_tokens, stop=("\n",))
+        return {"id": list(batch["id"]), "prediction": predictions}
+
+
+def _ranking(row: dict, cfg: EvalConfig) -> list[int]:
+    """Candidate indices, best first, among the first k1."""
+    cands = row["candidates"][: cfg.k1]
+    if cfg.rank_by:
+        vals = [c.get(cfg.rank_by) for c in cands]
+        missing = [i for i, v in enumerate(vals) if v is None]
+        if missing:
+            raise ConfigError(f"row {row['id']}: candidate {missing[0]} has no field "
+                              f"{cfg.rank_by!r} to rank by")
+        return sorted(range(len(cands)), key=lambda i: -vals[i])
+    if cfg.reranker == BASE_RERANKER:
+        return list(range(len(cands)))
+    scores = row["rerank_scores"]
+    return sorted(range(len(cands)), key=lambda i: -scores[i])
+
+
+def indirect_gold(row: dict) -> set[str]:
+    """Gold documents whose text contains no normalised answer: evidence the reader needs but
+    that a topical reranker has no lexical reason to rank high."""
+    from raglign.metrics import normalize_answer
+
+    answers = [normalize_answer(a) for a in row["answers"] if normalize_answer(a)]
+    return {c["doc_id"] for c in row["candidates"]
+            if c.get("is_gold") and not any(a in normalize_answer(c["text"]) for a in answers)}
+
+
+def row_metrics(row: dict, ranking: list[int], cfg: EvalConfig) -> dict[str, Any]:
+    """The per-row metrics of the reranker setting (and generator setting when predicted)."""
+    from raglign.metrics import choice_accuracy, qa_metrics, ranking_metrics, recall_at_k
+
+    cands = row["candidates"]
+    ranked_ids = [cands[i]["doc_id"] for i in ranking]
+    out: dict[str, Any] = {"id": row["id"]}
+    gold = {c["doc_id"] for c in cands if c.get("is_gold")}
+    if any(c.get("is_gold") is not None for c in cands):
+        out.update(ranking_metrics(ranked_ids, gold, ks=sorted(set(cfg.ks) | {cfg.k})))
+        indirect = indirect_gold(row)
+        out[f"indirect_recall@{cfg.k}"] = recall_at_k(ranked_ids, indirect, cfg.k)
+    if "prediction" in row:
+        if row.get("choices"):
+            out["accuracy"] = choice_accuracy(row["prediction"], row["answers"][0],
+                                              n_options=len(row["choices"]), choices=row["choices"])
+        else:
+            out.update(qa_metrics(row["prediction"], row["answers"]))
+    return out
+
+
+def default_category_key(rows: list[dict]) -> str | None:
+    """MMLU rows break down by category, HotpotQA rows by question type."""
+    meta = row_meta(rows[0]) if rows else {}
+    for key in ("category", "type"):
+        if key in meta:
+            return key
+    return None
+
+
+def evaluate(cfg: EvalConfig) -> dict[str, Any]:
+    """Run the evaluation described by ``cfg``; returns (and writes) the aggregate report."""
+    from raglign.evaluate.aggregate import aggregate
+    from raglign.ray_session import ray_session
+
+    t0 = time.time()
+    rows = read_rows(cfg.data)
+    if cfg.split:
+        rows = [r for r in rows if row_meta(r).get("split") == cfg.split]
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    usable = [r for r in rows if r["candidates"]]
+    rejected = len(rows) - len(usable)
+    if not usable:
+        raise ConfigError(f"{cfg.data}: no rows with candidates to evaluate")
+    print(f"eval {cfg.run_name}: {len(usable)} rows ({rejected} without candidates skipped)",
+          flush=True)
+    if cfg.reranker != BASE_RERANKER or cfg.generator:
+        with ray_session(cfg.ray):
+            if cfg.reranker != BASE_RERANKER:
+                _attach(usable, _map(usable, _RerankActor, cfg,
+                                     dict(reranker=cfg.reranker, kind=cfg.reranker_kind, k1=cfg.k1)))
+            for r in usable:
+                r["ranking"] = _ranking(r, cfg)
+            if cfg.generator:
+                _attach(usable, _map(usable, _GenerateActor, cfg,
+                                     dict(generator=cfg.generator, dtype=cfg.dtype, k=cfg.k,
+                                          max_new_tokens=cfg.max_new_tokens)))
+    else:
+        for r in usable:
+            r["ranking"] = _ranking(r, cfg)
+    per_row = [row_metrics(r, r["ranking"], cfg) for r in usable]
+    key = cfg.category_key or default_category_key(usable)
+    report = aggregate(per_row, usable, category_key=key, n_boot=cfg.n_boot)
+    report.update(name=cfg.run_name, data=cfg.data, reranker=cfg.reranker, rank_by=cfg.rank_by,
+                  generator=cfg.generator, k=cfg.k, k1=cfg.k1, rows_skipped_no_candidates=rejected,
+                  seconds=round(time.time() - t0, 1))
+    _write(report, usable, per_row, cfg)
+    return report
+
+
+def _map(rows: list[dict], actor: type, cfg: EvalConfig, kwargs: dict) -> list[dict]:
+    """Run one model stage over the rows as a Ray Data actor pool; returns its id-keyed outputs."""
+    import ray
+
+    columns = ["id", "question", "choices", "candidates"] + (["ranking"] if "ranking" in rows[0] else [])
+    items = [{k: r[k] for k in columns} for r in rows]
+    ds = ray.data.from_items(items).map_batches(
+        actor, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size, batch_format="pandas",
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors))
+    return ds.take_all()
+
+
+def _attach(rows: list[dict], outputs: list[dict]) -> None:
+    """Copy each output's fields onto the row with the same id (every row must come back)."""
+    by_id = {o["id"]: o for o in outputs}
+    missing = [r["id"] for r in rows if r["id"] not in by_id]
+    if missing:
+        raise RuntimeError(f"{len(missing)} rows came back without results (first: {missing[0]})")
+    for r in rows:
+        for k, v in by_id[r["id"]].items():
+            if k != "id":
+                r[k] = list(v) if hasattr(v, "tolist") and not isinstance(v, str) else v
+
+
+def _write(report: dict, rows: list[dict], per_row: list[dict], cfg: EvalConfig) -> None:
+    """``OUTPUT`` (JSON aggregate), ``OUTPUT.rows.parquet`` (per-row metrics, ranking and
+    prediction) and ``OUTPUT.md`` (a readable summary)."""
+    from raglign.evaluate.report import markdown_table
+
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=float))
+    detail = []
+    for r, m in zip(rows, per_row):
+        d = dict(m)
+        d["ranked_doc_ids"] = [r["candidates"][i]["doc_id"] for i in r["ranking"]]
+        if "prediction" in r:
+            d["prediction"] = r["prediction"]
+        detail.append(d)
+    import pyarrow as pa
+
+    from raglign.data.io import write_table_atomic
+
+    write_table_atomic(pa.Table.from_pylist(detail), out.with_suffix(".rows.parquet"))
+    out.with_suffix(".md").write_text(markdown_table([report]) + "\n")
+    print(f"eval {cfg.run_name}: " + ", ".join(
+        f"{k}={report[k]:.3f}" for k in ("recall@5", "ndcg@5", "mrr", "em", "f1", "accuracy")
+        if isinstance(report.get(k), float)) + f" -> {out}", flush=True)
