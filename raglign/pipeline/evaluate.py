@@ -63,7 +63,9 @@ class EvalConfig(JobConfig):
 
     @property
     def run_name(self) -> str:
-        return self.name or (self.rank_by or Path(self.reranker).name)
+        if self.name or self.rank_by:
+            return self.name or self.rank_by
+        return "retrieval" if self.reranker == BASE_RERANKER else Path(self.reranker).name
 
 
 class _RerankActor:
