@@ -42,9 +42,11 @@ class JobConfig(StrictModel):
 # job name → "module:ClassName"; imported lazily so `raglign --help` stays fast.
 JOBS: dict[str, str] = {
     "eval": "raglign.pipeline.evaluate:EvalConfig",
+    "demo": "raglign.pipeline.demo:DemoConfig",
     "label": "raglign.pipeline.label:LabelConfig",
     "mine": "raglign.pipeline.mine:MineConfig",
     "retrieve": "raglign.pipeline.retrieve:RetrieveConfig",
+    "train": "raglign.training_config:TrainConfig",
 }
 
 C = TypeVar("C", bound=BaseModel)

@@ -121,3 +121,15 @@ def encode_piece(tokenizer: Any, text: str, first: bool = False) -> list[int]:
     tokenizer's special tokens (BOS), and only when no chat template writes them itself."""
     add = first and not getattr(tokenizer, "chat_template", None)
     return tokenizer(text, add_special_tokens=add)["input_ids"]
+
+
+def encode_prompt(tokenizer: Any, prompt: str | ParallelPrompt) -> list[int]:
+    """Token ids of a whole prompt: a :class:`ParallelPrompt` piece by piece (prefix, each
+    document, suffix), exactly the ids the engine and the vLLM backend score; a rendered string
+    as one first piece (rationale prompts, or text that was never cut)."""
+    if isinstance(prompt, str):
+        return encode_piece(tokenizer, prompt, first=True)
+    ids = encode_piece(tokenizer, prompt.prefix, first=True)
+    for doc in prompt.docs:
+        ids += encode_piece(tokenizer, doc)
+    return ids + encode_piece(tokenizer, prompt.suffix)

@@ -86,3 +86,26 @@ def tiny_gemma3(gemma_tokenizer):
     return _tiny("Gemma3TextConfig", {"head_dim": 16, "sliding_window": 8,
                                       "layer_types": ["sliding_attention", "full_attention"]},
                  len(gemma_tokenizer), seed=2)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    from raglign.models.registry import load_tokenizer
+
+    return load_tokenizer("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_tokenizer):
+    """A random 2-layer, 32-wide BERT with the real MiniLM tokenizer, as a plain HF directory
+    (a stand-in for MiniLM as encoder, bi-encoder or cross-encoder base)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(minilm_tokenizer), hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    path = tmp_path_factory.mktemp("tiny-bert")
+    BertModel(cfg).save_pretrained(path)
+    minilm_tokenizer.save_pretrained(path)
+    return path

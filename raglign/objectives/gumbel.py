@@ -56,3 +56,45 @@ def max_mask_weight(weights: torch.Tensor) -> torch.Tensor:
     """The paper's Figure-4 statistic: the largest normalised document weight max_i softmax(w)_i,
     averaged over leading axes. 1/n means the reranker no longer tells candidates apart."""
     return torch.softmax(weights, dim=-1).max(dim=-1).values.mean()
+
+
+def gumbel_lm_loss(engine, caches, answers, scores: torch.Tensor, k: int, tau: float = 0.5,
+                   kappa: float = 1.0, noise: bool = True,
+                   generator: torch.Generator | None = None, valid: torch.Tensor | None = None,
+                   samples: int = 1) -> torch.Tensor:
+    """G-Rerank's training loss: the gold answer's NLL under differentiable masked attention.
+
+    ``scores`` ``[B, n]`` are reranker outputs (or Algorithm 2's free weights) for the
+    candidates whose document caches are ``caches`` (one :class:`~raglign.engine.DocCache` per
+    query, built once per step without grad); ``answers`` the gold answer strings. For each
+    query a relaxed top-k mask M = :func:`stochastic_subset_mask` (scores) is drawn and the answer
+    is scored by ``engine.masked_logprobs`` with log(M_i) added to every key of document i.
+    Returns the mean over queries (and over ``samples`` independent masks per query) of the
+    answer's per-token NLL (the usual LM cross-entropy), so queries with long answers do not
+    dominate a batch.
+
+    Gradients reach ``scores`` (hence the reranker) only: the engine freezes the LLM. A query
+    with fewer than n candidates passes ``valid`` (True for its first n_b columns: padding goes
+    last; padded columns get mask 0 in every draw and are cut off before the engine sees them). ``samples > 1`` averages several Gumbel
+    draws; the engine packs them into one forward over the shared cache, so variance drops for
+    far less than ``samples`` times the cost. ``samples=1`` is the paper's estimator.
+    """
+    if scores.dim() != 2 or scores.shape[0] != len(caches) or len(caches) != len(answers):
+        raise ValueError(f"scores must be [B, n] with B = {len(caches)} caches and "
+                         f"{len(answers)} answers, got {tuple(scores.shape)}")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    draws = scores.unsqueeze(0).expand(samples, *scores.shape)
+    if valid is not None:
+        valid = valid.unsqueeze(0).expand(samples, *valid.shape)
+    masks = stochastic_subset_mask(draws, k, tau, kappa, noise, generator, valid)  # [S, B, n]
+    losses = []
+    for b, (cache, answer) in enumerate(zip(caches, answers)):
+        n_b = cache.num_docs
+        if n_b > scores.shape[1] or (valid is not None and int(valid[0, b].sum()) != n_b):
+            raise ValueError(f"query {b}: its cache holds {n_b} documents but scores/valid "
+                             f"describe {int(valid[0, b].sum()) if valid is not None else scores.shape[1]}")
+        mask = masks[:, b, :n_b].to(engine.device)
+        token_lp = engine.masked_logprobs(cache, answer, mask, per_token=True)  # [S, A]
+        losses.append(-token_lp.mean())
+    return torch.stack(losses).mean().to(scores.device)

@@ -1,0 +1,159 @@
+"""``raglign grerank``: G-Rerank's mining signal (Algorithm 2), its report and the Gumbel ablation.
+
+* ``mine-weights DATA OUT --generator NAME [--baselines]`` — a labelling job (Ray Data, resumable;
+  :mod:`raglign.pipeline.label`) writing the ``gumbel_weight`` signal per candidate, optionally
+  with the lowest-perplexity, attention and leave-one-out baselines from the same prefill, then
+  the comparison table ``_grerank_mining.{json,md}``. ``raglign eval --rank-by gumbel_weight``
+  evaluates the output like any other signal.
+* ``report DIR`` — that table again for a labelled directory.
+* ``ablation DATA OUT --generator NAME`` — max mask weight per step with and without the Gumbel
+  noise (``ablation.json`` + ``ablation.png``).
+"""
+
+from __future__ import annotations
+
+import json
+
+from raglign.errors import ConfigError
+
+BASELINE_SIGNALS = ["answer_logprob", "attention", "loo_logprob"]
+_OPTION_FLAGS = ("steps", "lr", "k", "tau", "kappa", "samples", "seed", "init", "init_std")
+
+
+def _options(args) -> dict:
+    out = {f: getattr(args, f) for f in _OPTION_FLAGS if getattr(args, f, None) is not None}
+    if args.no_noise:
+        out["noise"] = False
+    return out
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise ConfigError(f"--ks {text!r}: expected comma-separated integers, e.g. 2,5") from None
+    if not ks or any(k < 1 for k in ks):
+        raise ConfigError(f"--ks {text!r}: expected positive integers")
+    return ks
+
+
+def _mine(args) -> int:
+    from raglign.gumbel.report import to_markdown, write_mining_report
+    from raglign.pipeline.label import load_label_config, run_label
+
+    signals = ["gumbel_weight"] + (BASELINE_SIGNALS if args.baselines else [])
+    fields = {"input": args.data, "output": args.out, "generator": args.generator,
+              "signals": signals, "gumbel": _options(args), "loo": {"k": args.loo_k},
+              "context": "parallel"}
+    for f in ("limit", "shard_rows", "batch_size", "actors", "dtype", "device", "torch_threads",
+              "cpus_per_actor", "answer_alias"):
+        if getattr(args, f) is not None:
+            fields[f] = getattr(args, f)
+    if args.address:
+        fields["ray"] = {"address": args.address}
+    run_label(load_label_config(**fields))
+    report = write_mining_report(args.out, signals, _ks(args.ks))
+    print(to_markdown(report), end="")
+    return 0
+
+
+def _report(args) -> int:
+    from raglign.gumbel.report import to_markdown, write_mining_report
+
+    signals = args.signals.split(",") if args.signals else None
+    try:
+        report = write_mining_report(args.dir, signals, _ks(args.ks))
+    except ValueError as e:
+        raise ConfigError(f"{args.dir}: {e}") from None
+    print(json.dumps(report, indent=2) if args.json else to_markdown(report), end="")
+    return 0
+
+
+def _ablation(args) -> int:
+    from raglign.config import validate
+    from raglign.data.io import read_rows
+    from raglign.engine import DocumentEngine
+    from raglign.gumbel.ablation import run_ablation, write_ablation
+    from raglign.gumbel.options import SamplingWeightOptions
+    from raglign.models.generator import TransformersGenerator
+    from raglign.pipeline.label import prepare_item
+    from raglign.signals.base import Item
+
+    options = validate(SamplingWeightOptions, {"init": "normal", **_options(args)},
+                       "command line")
+    rows = read_rows(args.data, limit=args.limit)
+    items = [it for it in (prepare_item(r, "best") for r in rows) if isinstance(it, Item)]
+    if not items:
+        raise ConfigError(f"{args.data}: no row has both candidates and an answer")
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    gen = TransformersGenerator.from_name(args.generator, dtype=args.dtype or "auto",
+                                          device=args.device or "auto")
+    result = run_ablation(DocumentEngine(gen.model, gen.tokenizer), items, options)
+    result["generator"] = args.generator
+    paths = write_ablation(result, args.out)
+    print(json.dumps({"uniform": result["uniform"],
+                      "with_noise_final": result["with_noise"]["mean"][-1],
+                      "without_noise_final": result["without_noise"]["mean"][-1], **paths},
+                     indent=2))
+    return 0
+
+
+def _add_options(p, init_default: str) -> None:
+    g = p.add_argument_group("Algorithm 2 (paper: tau 0.5, kappa 1.0, k 5)")
+    g.add_argument("--steps", type=int, help="Adam steps per question (default 30)")
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 0.1)")
+    g.add_argument("--k", type=int, help="subset size k (default 5)")
+    g.add_argument("--tau", type=float)
+    g.add_argument("--kappa", type=float)
+    g.add_argument("--samples", type=int, help="Gumbel masks averaged per step (default 1)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--init", choices=["zeros", "normal"], help=f"initial weights ({init_default})")
+    g.add_argument("--init-std", dest="init_std", type=float)
+    g.add_argument("--no-noise", dest="no_noise", action="store_true",
+                   help="drop the Gumbel noise (the paper's ablation)")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("grerank", help="G-Rerank: Algorithm 2 mining weights, report, ablation")
+    gsub = p.add_subparsers(dest="grerank_command", metavar="SUBCOMMAND", required=True)
+
+    m = gsub.add_parser("mine-weights", help="learn Algorithm 2 weights per candidate (Ray Data)",
+                        description="Label every candidate with G-Rerank's learnable sampling "
+                        "weight (field gumbel_weight); resumable like raglign label.")
+    m.add_argument("data", help="canonical Parquet rows with candidates and answers")
+    m.add_argument("out", help="output directory (labelled rows + reports)")
+    m.add_argument("--generator", required=True, help="frozen LLM: packaged name, dir or hub id")
+    m.add_argument("--baselines", action="store_true", help="also label answer_logprob, "
+                   "attention and loo_logprob (the paper's Figure-5 baselines)")
+    m.add_argument("--loo-k", dest="loo_k", type=int, default=20,
+                   help="leave-one-out over the first K candidates (default 20: all of them)")
+    m.add_argument("--ks", default="2,5", help="Recall@k cut-offs of the report (default 2,5)")
+    for flag, kw in (("--limit", {"type": int}), ("--shard-rows", {"type": int}),
+                     ("--batch-size", {"type": int}),
+                     ("--actors", {"type": int}), ("--dtype", {}), ("--device", {}),
+                     ("--torch-threads", {"type": int}), ("--cpus-per-actor", {"type": float}),
+                     ("--answer-alias", {"choices": ["best", "first"]}), ("--address", {})):
+        m.add_argument(flag, dest=flag[2:].replace("-", "_"), **kw)
+    _add_options(m, "zeros")
+    m.set_defaults(func=_mine)
+
+    r = gsub.add_parser("report", help="mining table with bootstrap CIs for a labelled directory")
+    r.add_argument("dir")
+    r.add_argument("--signals", help="comma-separated fields (default: those present)")
+    r.add_argument("--ks", default="2,5")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=_report)
+
+    a = gsub.add_parser("ablation", help="max mask weight per step with/without Gumbel noise")
+    a.add_argument("data", help="canonical Parquet rows with candidates and answers")
+    a.add_argument("out", help="directory for ablation.json and ablation.png")
+    a.add_argument("--generator", required=True)
+    a.add_argument("--limit", type=int, default=4, help="questions (default 4)")
+    a.add_argument("--dtype")
+    a.add_argument("--device")
+    a.add_argument("--torch-threads", dest="torch_threads", type=int)
+    _add_options(a, "normal")
+    a.set_defaults(func=_ablation)

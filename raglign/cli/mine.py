@@ -1,0 +1,40 @@
+"""``raglign mine``: training groups (RADIO's top-k shifted by N) or distillation soft targets
+from a labelled directory."""
+
+from __future__ import annotations
+
+
+def _mine(args) -> int:
+    from raglign.config import load_job, validate
+    from raglign.pipeline.mine import MineConfig, run_mine
+
+    fields = {k: v for k, v in vars(args).items()
+              if k in MineConfig.model_fields and k not in ("job", "ray") and v is not None}
+    if args.fixed_ranks is not None:
+        fields["fixed_ranks"] = [int(r) for r in args.fixed_ranks.split(",")]
+    if args.config:
+        cfg = load_job(args.config, fields)
+    else:
+        cfg = validate(MineConfig, {"job": "mine", **fields}, "command line")
+    run_mine(cfg)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mine", help="labelled candidates → training groups or soft targets")
+    p.add_argument("input", nargs="?", help="a labelled directory (raglign label output)")
+    p.add_argument("output", nargs="?", help="where part-00000.parquet and _summary.json go")
+    p.add_argument("--config", help="a mine job YAML; flags override it")
+    p.add_argument("--signal", help="candidate field to rank by → InfoNCE groups")
+    p.add_argument("--n", type=int, help="shift: negatives come from ranks >= n (default 3)")
+    p.add_argument("--m", type=int, help="negatives per group (default 6)")
+    p.add_argument("--seed", type=int, help="sampling seed shared by all methods (default 42)")
+    p.add_argument("--fixed-ranks", dest="fixed_ranks",
+                   help="fixed negative rank positions, e.g. 3,4,6,9,13,18 (RADIO's code)")
+    p.add_argument("--alpha", type=float, help="mix the signal with the retrieval score")
+    p.add_argument("--targets", choices=["pdist", "loop", "adist", "replug"],
+                   help="soft targets instead of groups")
+    p.add_argument("--temperature", type=float, help="target temperature (default 0.01)")
+    p.add_argument("--k", type=int, help="targets over the first k candidates (default all)")
+    p.add_argument("--limit", type=int, help="only the first N rows")
+    p.set_defaults(func=_mine, descending=None)

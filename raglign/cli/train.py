@@ -1,0 +1,66 @@
+"""``raglign train``: fine-tune a reranker on mined groups or soft targets with Ray Train."""
+
+from __future__ import annotations
+
+
+def _train(args) -> int:
+    from raglign.config import load_job, validate
+    from raglign.pipeline.train import train
+    from raglign.training_config import TrainConfig
+
+    fields = {k: v for k, v in vars(args).items()
+              if k in TrainConfig.model_fields and k not in ("job", "ray") and v is not None}
+    if args.address:
+        fields["ray.address"] = args.address
+    if args.config:
+        cfg = load_job(args.config, fields)
+    else:
+        if "ray.address" in fields:
+            fields["ray"] = {"address": fields.pop("ray.address")}
+        cfg = validate(TrainConfig, {"job": "train", **fields}, "command line")
+    result = train(cfg)
+    print(f"trained {result.step}/{result.total_steps} steps, final loss {result.final_loss:.4f}")
+    print(f"model: {result.model_dir}")
+    print(f"metrics: {result.output / 'metrics.jsonl'}, curve: {result.output / 'loss_curve.png'}")
+    if result.step < result.total_steps:
+        print("stopped at max_steps: re-run the same command (without --max-steps) to resume")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune a cross-/bi-encoder reranker with Ray Train; "
+                                     "re-running the same command resumes")
+    p.add_argument("data", nargs="?", help="groups or soft-target rows (raglign mine output)")
+    p.add_argument("output", nargs="?", help="run directory: model/, metrics.jsonl, loss_curve.png")
+    p.add_argument("--config", help="a train job YAML (jobs/train_*.yaml); flags override it")
+    p.add_argument("--model", help="base reranker: short name, directory or hub id (minilm-l6)")
+    p.add_argument("--kind", choices=["cross", "bi"], help="cross-encoder (default) or bi-encoder")
+    p.add_argument("--objective", choices=["infonce", "supervised", "kl", "replug", "emdr"],
+                   help="loss (default infonce; see docs/training.md)")
+    p.add_argument("--temperature", type=float,
+                   help="score temperature (default 1.0 cross, 0.02 bi)")
+    p.add_argument("--beta", type=float, help="REPLUG's LM temperature (default 1.0)")
+    p.add_argument("--in-batch-negatives", dest="in_batch_negatives", action="store_const",
+                   const=True, help="InfoNCE with all groups' documents as negatives (bi only)")
+    p.add_argument("--epochs", type=int, help="default 2")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="groups per optimizer step over all workers (default 16)")
+    p.add_argument("--grad-accumulation", dest="grad_accumulation", type=int)
+    p.add_argument("--lr", type=float, help="default 6e-5")
+    p.add_argument("--max-length", dest="max_length", type=int, help="default 512")
+    p.add_argument("--limit", type=int, help="train on the first N rows only")
+    p.add_argument("--num-workers", dest="num_workers", type=int,
+                   help="Ray Train workers (default 1; 0 = local mode in this process)")
+    p.add_argument("--use-gpu", dest="use_gpu", action="store_const", const=True,
+                   help="one GPU per worker, bf16 autocast")
+    p.add_argument("--max-steps", dest="max_steps", type=int,
+                   help="stop after this many optimizer steps (resumable)")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="default 500")
+    p.add_argument("--max-failures", dest="max_failures", type=int,
+                   help="worker-group restarts from the last checkpoint (default 0)")
+    p.add_argument("--run-name", dest="run_name", help="Ray Train run name (default 'train')")
+    p.add_argument("--storage-path", dest="storage_path",
+                   help="Ray Train storage (default OUTPUT/ray; shared FS or s3:// on clusters)")
+    p.add_argument("--seed", type=int, help="default 42")
+    p.add_argument("--address", help="Ray cluster address (default: a private local Ray)")
+    p.set_defaults(func=_train)

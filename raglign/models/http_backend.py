@@ -1,0 +1,193 @@
+"""OpenAI-compatible HTTP generator backend through ``ray.data.llm.HttpRequestProcessorConfig``.
+
+Any server speaking the OpenAI API works for generation (vLLM's ``vllm serve``, llama.cpp's
+server, ``transformers serve``, SGLang, hosted APIs): the preprocess writes the request body to
+``payload``, ray's HttpRequestStage POSTs it (rate-limited by ``qps``, retried on 429/5xx) and
+the postprocess reads ``http_response``.
+
+* generation through ``/v1/chat/completions`` sends :func:`raglign.prompts.qa_messages` (or the
+  rationale as one user turn) and lets the server apply its chat template; through
+  ``/v1/completions`` it sends the prompt rendered locally by :mod:`raglign.prompts`, which is
+  what the vLLM and transformers backends see;
+* scoring uses ``/v1/completions`` with ``echo=True, logprobs=1, max_tokens=1``: the server
+  returns the log-prob of every prompt token and their character offsets, and the answer is the
+  prompt's last ``len(answer)`` characters
+  (:func:`raglign.models.logprobs.echoed_answer_logprobs`; ``usage.completion_tokens`` says how
+  many trailing tokens were generated rather than echoed).
+  Servers that ignore ``echo``/``logprobs`` (``transformers serve``) cannot score; the error says
+  so. ``max_tokens=1`` rather than 0 because some servers read 0 as "no limit".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import PositiveInt
+
+from raglign.config import StrictModel
+from raglign.errors import ConfigError, DataError
+from raglign.models.logprobs import echoed_answer_logprobs
+from raglign.models.registry import resolve_model
+from raglign.models.vllm_backend import (
+    DEFAULT_SAMPLING,
+    OUTPUT_COLUMN,
+    ProcessorSpec,
+    SamplingConfig,
+    Task,
+    check_columns,
+    row_field,
+    as_list,
+    carry,
+    row_documents,
+    tokenizer_for,
+)
+from raglign.prompts import (
+    RATIONALE_PROMPT,
+    answer_continuation,
+    format_document,
+    qa_messages,
+    qa_prompt,
+    rationale_prompt,
+)
+
+
+class HttpConfig(StrictModel):
+    """An OpenAI-compatible server and how hard to drive it.
+
+    ``base_url`` ends in ``/v1``. ``model`` is the name sent in each request. ``tokenizer``
+    (a packaged short name, local path or hub id; defaults to ``model``) renders prompts locally
+    for ``/v1/completions`` and scoring; chat requests need none. The API key is read from the
+    environment variable ``api_key_env`` when the processor is built, never stored in configs.
+    """
+
+    base_url: str
+    model: str
+    tokenizer: str | None = None
+    endpoint: Literal["chat", "completions"] = "chat"
+    api_key_env: str | None = None
+    headers: dict[str, str] = {}
+    qps: PositiveInt | None = None
+    concurrency: PositiveInt = 1
+    batch_size: PositiveInt = 16
+    max_retries: int = 2
+
+
+def processor_config(cfg: HttpConfig, path: str):
+    """The ``HttpRequestProcessorConfig`` POSTing to ``base_url + path``."""
+    from ray.data.llm import HttpRequestProcessorConfig
+
+    headers = dict(cfg.headers)
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            raise ConfigError(f"api_key_env: environment variable {cfg.api_key_env} is not set")
+        headers["Authorization"] = f"Bearer {key}"
+    return HttpRequestProcessorConfig(
+        url=cfg.base_url.rstrip("/") + path, headers=headers or None, qps=cfg.qps,
+        concurrency=cfg.concurrency, batch_size=cfg.batch_size, max_retries=cfg.max_retries)
+
+
+def _tokenizer_source(cfg: HttpConfig) -> str:
+    return resolve_model(cfg.tokenizer or cfg.model)
+
+
+def _choice(row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``choices[0]`` of the response, or a DataError carrying the server's own error."""
+    resp = row.get("http_response") or {}
+    choices = resp.get("choices") if isinstance(resp, Mapping) else None
+    if not choices:
+        detail = resp.get("error", resp) if isinstance(resp, Mapping) else resp
+        raise DataError("HTTP response", row.get("id"), "choices", f"missing; server said {detail!r}")
+    return choices[0]
+
+
+def _sampling_body(sampling: SamplingConfig) -> dict[str, Any]:
+    body = sampling.model_dump()
+    if body["seed"] is None:
+        del body["seed"]
+    return body
+
+
+def generation_spec(cfg: HttpConfig, task: Task = "qa", sampling: SamplingConfig | None = None,
+                    documents_column: str = "candidates",
+                    output_column: str | None = None) -> ProcessorSpec:
+    """QA answers or RADIO rationales through ``cfg.endpoint``; adds ``prediction`` /
+    ``rationale`` (or ``output_column``)."""
+    if task not in DEFAULT_SAMPLING:
+        raise ConfigError(f"task: expected one of {sorted(DEFAULT_SAMPLING)}, got {task!r}")
+    chat = cfg.endpoint == "chat"
+    config = processor_config(cfg, "/chat/completions" if chat else "/completions")
+    body = {"model": cfg.model, **_sampling_body(sampling or DEFAULT_SAMPLING[task])}
+    source = None if chat else _tokenizer_source(cfg)
+    column = output_column or OUTPUT_COLUMN[task]
+
+    def preprocess(row: dict) -> dict:
+        check_columns(row)
+        question = row_field(row, "question")
+        if task == "rationale":
+            answer = row_field(row, "answer")
+            if chat:
+                text = RATIONALE_PROMPT.format(question=question, answer=answer)
+                return {"payload": {**body, "messages": [{"role": "user", "content": text}]}}
+            return {"payload": {**body, "prompt": rationale_prompt(tokenizer_for(source),
+                                                                   question, answer)}}
+        docs = row_documents(row, documents_column)
+        choices = as_list(row.get("choices")) or None
+        if chat:
+            reference = "".join(format_document(t, x) for t, x in docs)
+            return {"payload": {**body, "messages": qa_messages(question, reference, choices)}}
+        return {"payload": {**body, "prompt": qa_prompt(tokenizer_for(source), question, docs,
+                                                        choices)}}
+
+    def postprocess(row: dict) -> dict:
+        choice = _choice(row)
+        text = choice["message"]["content"] if chat else choice["text"]
+        return {**carry(row), column: text}
+
+    return ProcessorSpec(config, preprocess, postprocess)
+
+
+def scoring_spec(cfg: HttpConfig, documents_column: str = "candidates",
+                 answer_column: str = "answer") -> ProcessorSpec:
+    """log p(answer | QA prompt) from ``/v1/completions`` with ``echo``: adds ``answer_logprob``
+    and ``answer_token_logprobs``. The server tokenises the prompt text itself, so token
+    boundaries follow its tokenizer on the joined text (see docs/generators.md)."""
+    config = processor_config(cfg, "/completions")
+    source = _tokenizer_source(cfg)
+    body = {"model": cfg.model, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0.0}
+
+    def preprocess(row: dict) -> dict:
+        check_columns(row)
+        tok = tokenizer_for(source)
+        prompt = qa_prompt(tok, row_field(row, "question"), row_documents(row, documents_column),
+                           as_list(row.get("choices")) or None)
+        answer = answer_continuation(tok, row_field(row, answer_column))
+        return {"payload": {**body, "prompt": prompt + answer},
+                "_raglign_answer_chars": len(answer)}
+
+    def postprocess(row: dict) -> dict:
+        choice = _choice(row)
+        usage = row["http_response"].get("usage") or {}
+        try:
+            values = echoed_answer_logprobs(choice.get("logprobs"),
+                                            int(row["_raglign_answer_chars"]),
+                                            int(usage.get("completion_tokens", 1)))
+        except ValueError as e:
+            raise DataError("HTTP scoring response", row.get("id"), "logprobs", str(e)) from None
+        out = {k: v for k, v in carry(row).items() if k != "_raglign_answer_chars"}
+        return {**out, "answer_logprob": sum(values), "answer_token_logprobs": values}
+
+    return ProcessorSpec(config, preprocess, postprocess)
+
+
+def generation_processor(cfg: HttpConfig, task: Task = "qa",
+                         sampling: SamplingConfig | None = None, **columns: str):
+    """A built processor for :func:`generation_spec`."""
+    return generation_spec(cfg, task, sampling, **columns).build()
+
+
+def scoring_processor(cfg: HttpConfig, **columns: str):
+    """A built processor for :func:`scoring_spec`."""
+    return scoring_spec(cfg, **columns).build()

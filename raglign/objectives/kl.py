@@ -1,0 +1,56 @@
+"""KL distillation of the reranker towards an LLM-derived distribution over documents.
+
+Two directions, as the papers use them:
+
+* :func:`kl_distill` — PDist, LOOP and ADist (Atlas): ``KL(target || p_R)`` with
+  ``p_R = softmax(scores / T_R)``. The target (``softmax_k(log p_LM(a|q,d_k) / T)`` for PDist,
+  leave-one-out or attention mass for the others) is computed by ``raglign mine`` and is a
+  constant here, so this equals the cross entropy ``-sum_k target_k log p_R(d_k)`` up to the
+  target's entropy; the gradient w.r.t. the logits is ``(p_R - target) / T_R``.
+* :func:`replug_lsr` — REPLUG's LM-supervised retrieval: ``KL(p_R || Q_LM)`` with
+  ``Q_LM = softmax(log p_LM(a|q,d) / beta)``. Note the reversed direction: the reranker's own
+  distribution weighs the log ratio, so the loss is mode-seeking (p_R is pushed to put its mass
+  where Q_LM is large, and is not penalised for ignoring some of Q_LM's modes).
+
+Atlas uses ``T = T_R = 0.01`` with dot-product retriever scores; for cross-encoder logits
+``T_R = 1`` is the natural scale (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from raglign.objectives.common import check_scores, masked_log_softmax, masked_sum
+
+
+def kl_distill(scores: torch.Tensor, target_probs: torch.Tensor, reranker_temperature: float = 1.0,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of ``KL(target || softmax(scores / T_R))`` (PDist / LOOP / ADist).
+
+    ``target_probs`` is ``[B, n]``, non-negative, summing to 1 over the real documents of each
+    row (masked entries are ignored whatever their value).
+    """
+    if reranker_temperature <= 0:
+        raise ValueError(f"reranker_temperature must be > 0, got {reranker_temperature}")
+    mask = check_scores(scores, target_probs, mask, "target_probs")
+    target = target_probs.to(scores.dtype)
+    log_p = masked_log_softmax(scores / reranker_temperature, mask)
+    live = mask & (target > 0)  # 0 * log 0 = 0 by convention
+    terms = target * (torch.log(target.clamp_min(torch.finfo(target.dtype).tiny)) - log_p)
+    return masked_sum(terms, live).mean()
+
+
+def replug_lsr(scores: torch.Tensor, lm_logprobs: torch.Tensor, beta: float = 1.0,
+               reranker_temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of ``KL(p_R || Q_LM)``, REPLUG LSR.
+
+    ``p_R = softmax(scores / T_R)``, ``Q_LM = softmax(lm_logprobs / beta)`` where
+    ``lm_logprobs[b, k] = log p_LM(a | q_b, d_k)`` (no gradient flows into it).
+    """
+    if beta <= 0 or reranker_temperature <= 0:
+        raise ValueError(f"beta and reranker_temperature must be > 0, got {beta}, "
+                         f"{reranker_temperature}")
+    mask = check_scores(scores, lm_logprobs, mask, "lm_logprobs")
+    log_p = masked_log_softmax(scores / reranker_temperature, mask)
+    log_q = masked_log_softmax(lm_logprobs.detach().to(scores.dtype) / beta, mask)
+    return masked_sum(log_p.exp() * (log_p - log_q), mask).mean()

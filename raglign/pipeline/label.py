@@ -1,0 +1,353 @@
+"""The batch relabelling job: LLM signals for every candidate, on Ray Data actor pools.
+
+Data flow (one Ray Dataset, streaming)::
+
+    unfinished shards ──read (tasks)──▶ rows ──LabelWorker (actor pool)──▶ labelled rows
+        ──driver: reassemble per shard──▶ part-<shard>.parquet + _shards/<shard>.json
+
+* Each :class:`LabelWorker` actor loads its models once in ``__init__`` (generator, document
+  engine, sentence encoder — only those the chosen signals need) and labels ``batch_size`` rows
+  per call: it gathers every signal's requests for the batch, runs them deduplicated and
+  batched (:mod:`raglign.signals.execute`), then lets each signal turn results into values.
+* Output is committed per input shard by :class:`raglign.pipeline.shards.ShardStore`, so a
+  killed job resumes where it stopped and ends with exactly the rows of an uninterrupted run.
+* Rows without candidates or answers are not labelled: they go to ``_rejects.jsonl`` with the
+  reason, and the summary counts them.
+
+Signals express their LLM work as backend-neutral requests (:mod:`raglign.signals.base`), so a
+``ray.data.llm`` path can execute them; ``backend: vllm`` is refused until that path exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from raglign.config import JobConfig, StrictModel
+from raglign.errors import ConfigError
+from raglign.gumbel.options import SamplingWeightOptions
+from raglign.pipeline.shards import (COUNTS_COL, REJECT_COL, Shard, ShardCollector, ShardStore,
+                                     plan_shards, read_shard)
+from raglign.signals import SIGNALS
+from raglign.signals.base import Item, Models, Signal, pick_answer
+
+
+# ------------------------------------------------------------------------------------- config
+class RationaleOptions(StrictModel):
+    """RADIO's rationale generation and scoring (reference-code defaults)."""
+
+    temperature: float = Field(0.2, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 42
+    max_new_tokens: PositiveInt = 1000
+    similarity: Literal["cosine", "reference"] = "cosine"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class LooOptions(StrictModel):
+    """LOOP: leave-one-out over the top ``k`` candidates (the generator's k2 = 5)."""
+
+    k: PositiveInt = 5
+
+
+class JudgeOptions(StrictModel):
+    """ARL2 relevance judgement: greedy, a few tokens."""
+
+    max_new_tokens: PositiveInt = 16
+
+
+class AnswerQualityOptions(StrictModel):
+    """RRR: the single-document answer's quality (also the generation ``dpa`` reuses)."""
+
+    metric: Literal["f1", "em", "subem"] = "f1"
+    max_new_tokens: PositiveInt = 32
+
+
+class DpaOptions(StrictModel):
+    """DPA-RAG: α·correct + (1-α)·(1 - rank/n)."""
+
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    correct: Literal["subem", "em"] = "subem"
+
+
+class SignalEvalOptions(StrictModel):
+    """The signal-evaluation table written after labelling (rows with gold documents only)."""
+
+    enabled: bool = True
+    ks: list[PositiveInt] = [1, 2, 5, 10]
+
+
+# Fields that change how fast a job runs, never what it writes: left out of the manifest hash.
+RUNTIME_FIELDS = ("ray", "input", "output", "actors", "batch_size", "cpus_per_actor",
+                  "gpus_per_actor", "torch_threads", "eval")
+
+
+class LabelConfig(JobConfig):
+    """``raglign label``: which signals, which models, where, and how wide to run."""
+
+    job: Literal["label"] = "label"
+    input: str
+    output: str
+    signals: list[str] = Field(min_length=1)
+    generator: str
+    encoder: str = "minilm-l6"
+    backend: Literal["transformers", "vllm"] = "transformers"
+    context: Literal["parallel", "concat"] = "parallel"
+    dtype: str = "auto"
+    device: str = "auto"
+    answer_alias: Literal["best", "first"] = "best"
+    rationale: RationaleOptions = RationaleOptions()
+    loo: LooOptions = LooOptions()
+    judge: JudgeOptions = JudgeOptions()
+    answer_quality: AnswerQualityOptions = AnswerQualityOptions()
+    dpa: DpaOptions = DpaOptions()
+    gumbel: SamplingWeightOptions = SamplingWeightOptions()
+    eval: SignalEvalOptions = SignalEvalOptions()
+    limit: PositiveInt | None = None
+    shard_rows: PositiveInt = 256
+    actors: PositiveInt = 1
+    batch_size: PositiveInt = 8
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    torch_threads: PositiveInt | None = None
+
+    @field_validator("signals")
+    @classmethod
+    def _known_signals(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in SIGNALS]
+        if unknown:
+            raise ValueError(f"unknown signal(s) {unknown}; known: {', '.join(SIGNALS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"signals listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _signals_fit_backend(self):
+        if self.backend == "vllm":
+            raise ValueError("backend 'vllm' is not wired into the labelling job yet (the "
+                             "ray.data.llm processors live in raglign.models.vllm_backend); "
+                             "use backend: transformers with gpus_per_actor for GPUs")
+        for name in self.signals:
+            SIGNALS[name].check(self)
+        return self
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the labels (for the output manifest)."""
+        return self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS))
+
+
+def load_label_config(path: str | None = None, overrides: Mapping[str, Any] | None = None,
+                      **fields: Any) -> LabelConfig:
+    """A validated :class:`LabelConfig` from a YAML recipe (plus dotted overrides) or fields."""
+    from raglign.config import load_job, validate
+
+    if path is not None:
+        cfg = load_job(path, dict(overrides or {}))
+        if not isinstance(cfg, LabelConfig):
+            raise ConfigError(f"{path}: job {cfg.job!r} is not a label job")
+        return cfg
+    return validate(LabelConfig, {"job": "label", **fields}, "command line")
+
+
+# ------------------------------------------------------------------------------------- labelling
+def prepare_item(row: Mapping[str, Any], policy: str) -> Item | str:
+    """An :class:`Item`, or the reason the row cannot be labelled."""
+    cands = row.get("candidates") or []
+    if not cands:
+        return "no candidates"
+    answers = [a for a in (row.get("answers") or []) if isinstance(a, str) and a.strip()]
+    if not answers:
+        return "no answers"
+    docs = [(c.get("title") or None, c.get("text") or "") for c in cands]
+    return Item(dict(row), pick_answer(answers, cands, policy), docs)
+
+
+def model_needs(signals: list[Signal], cfg: LabelConfig) -> set[str]:
+    return set().union(*(s.needs(cfg) for s in signals))
+
+
+def load_models(cfg: LabelConfig, needs: set[str]) -> Models:
+    """The models ``needs`` asks for; the engine shares the generator's weights."""
+    models = Models()
+    if needs & {"generator", "engine"}:
+        from raglign.models.generator import TransformersGenerator
+
+        gen = TransformersGenerator.from_name(cfg.generator, dtype=cfg.dtype, device=cfg.device)
+        models.generator, models.tokenizer = gen, gen.tokenizer
+        if "engine" in needs:
+            from raglign.engine import DocumentEngine
+
+            models.engine = DocumentEngine(gen.model, gen.tokenizer)
+    if "encoder" in needs:
+        from raglign.models.encoders import load_encoder
+
+        models.encoder = load_encoder(cfg.encoder, device=None if cfg.device == "auto" else cfg.device)
+    return models
+
+
+def label_rows(rows: list[dict], signals: list[Signal], models: Models, cfg: LabelConfig,
+               run: Callable | None = None) -> list[dict]:
+    """Label a batch of canonical rows; each output row carries ``_reject`` (a reason or None)
+    and ``_counts`` (JSON counters such as unparseable judge outputs).
+
+    ``run(requests) -> {request: result}`` executes the generator requests; by default the
+    in-process generator of ``models`` (see :func:`raglign.signals.execute.run_requests`).
+    """
+    items = [prepare_item(r, cfg.answer_alias) for r in rows]
+    requests = [q for it in items if isinstance(it, Item) for s in signals for q in s.requests(it, cfg)]
+    if run is None:
+        from raglign.signals.execute import run_requests
+
+        def run(reqs):
+            return run_requests(reqs, models.generator)
+    results = run(requests) if requests else {}
+    out = []
+    for row, it in zip(rows, items):
+        if isinstance(it, str):
+            out.append({**row, REJECT_COL: it, COUNTS_COL: None})
+            continue
+        cands = [dict(c) for c in row["candidates"]]
+        extra: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for s in signals:
+            labels = s.compute(it, results, models, cfg)
+            for c, v in zip(cands, labels.values, strict=True):
+                c[s.name] = v
+            extra.update(labels.columns)
+            for k, v in labels.counts.items():
+                counts[k] = counts.get(k, 0) + v
+        models.release()
+        out.append({**row, "candidates": cands, **extra, REJECT_COL: None,
+                    COUNTS_COL: json.dumps(counts, sort_keys=True)})
+    return out
+
+
+def output_schema(schema: pa.Schema, signals: list[Signal]) -> pa.Schema:
+    """``schema`` with one float64 candidate field per signal, the signals' top-level columns
+    and the helper columns. Fixed up front (not inferred per batch) so that every block of a
+    job has one schema, even when a batch's values are all null."""
+    idx = schema.get_field_index("candidates")
+    struct = schema.field(idx).type.value_type
+    fields = [f for f in struct if f.name not in {s.name for s in signals}]
+    fields += [pa.field(s.name, pa.float64()) for s in signals]
+    schema = schema.set(idx, pa.field("candidates", pa.list_(pa.struct(fields))))
+    for s in signals:
+        for name, typ in s.columns.items():
+            if name in schema.names:
+                schema = schema.remove(schema.get_field_index(name))
+            schema = schema.append(pa.field(name, typ))
+    for name, typ in ((REJECT_COL, pa.string()), (COUNTS_COL, pa.string())):
+        if name not in schema.names:
+            schema = schema.append(pa.field(name, typ))
+    return schema
+
+
+def set_torch_threads(cfg: LabelConfig) -> int:
+    """Threads for this worker: ``torch_threads``, else its CPU share (at least 1), so N actors
+    on N cores do not each start one thread per core and thrash."""
+    import torch
+
+    n = cfg.torch_threads or max(1, int(cfg.cpus_per_actor))
+    torch.set_num_threads(n)
+    return n
+
+
+class LabelWorker:
+    """Ray Data actor: loads the models once, labels ``pyarrow`` batches."""
+
+    def __init__(self, config: dict):
+        self.cfg = LabelConfig.model_validate(config)
+        set_torch_threads(self.cfg)
+        self.signals = [SIGNALS[n] for n in self.cfg.signals]
+        self.models = load_models(self.cfg, model_needs(self.signals, self.cfg))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        schema = output_schema(batch.schema, self.signals)
+        rows = label_rows(batch.to_pylist(), self.signals, self.models, self.cfg)
+        return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _read_shards(batch: pa.Table) -> pa.Table:
+    tables = [read_shard(Shard(**d)) for d in batch.to_pylist()]
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+# ------------------------------------------------------------------------------------- the job
+def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict:
+    """Run (or resume) a labelling job; returns the summary also written to ``_summary.json``.
+
+    Starts a private local Ray unless one is running or ``cfg.ray.address`` names a cluster.
+    """
+    from raglign.ray_session import ray_session
+
+    shards = plan_shards(cfg.input, cfg.shard_rows, cfg.limit)
+    store = ShardStore(cfg.output, "label")
+    store.open({**cfg.fingerprint(), "shard_rows": cfg.shard_rows,
+                "inputs": [[Path(s.path).name, s.start, s.stop] for s in shards]})
+    todo = [s for s in shards if not store.done(s)]
+    total = sum(s.rows for s in shards)
+    progress(f"[label] {len(shards)} shards, {total} rows; {len(shards) - len(todo)} shards "
+             f"already finished; signals: {', '.join(cfg.signals)}")
+    started = time.monotonic()
+    if todo:
+        collector = ShardCollector(store, todo, sum(s.rows for s in todo), progress)
+        with ray_session(cfg.ray):
+            _label_shards_ray(cfg, todo, collector)
+        if not collector.finished():
+            raise RuntimeError(f"labelling ended with unfinished shards: {sorted(collector.pending)}")
+    elapsed = time.monotonic() - started
+    done_rows = sum(s.rows for s in todo)
+    summary = store.finish(shards, {
+        "signals": cfg.signals, "generator": cfg.generator, "context": cfg.context,
+        "backend": cfg.backend, "rows_this_run": done_rows, "seconds_this_run": round(elapsed, 3),
+        "rows_per_second_this_run": round(done_rows / elapsed, 4) if done_rows and elapsed else None,
+    })
+    if cfg.eval.enabled:
+        from raglign.evaluate.signals import write_signal_eval
+
+        summary["signal_eval"] = write_signal_eval(cfg.output, cfg.signals, cfg.eval.ks)
+    unparse = summary["counts"].get("judge_unparseable")
+    extra = f", {unparse} unparseable judge outputs" if unparse is not None else ""
+    progress(f"[label] done: {summary['rows_out']} rows labelled, {summary['rows_rejected']} "
+             f"rejected{extra} ({summary['shards_finished']}/{summary['shards']} shards) "
+             f"-> {cfg.output}")
+    return summary
+
+
+def _label_shards_ray(cfg: LabelConfig, todo: list[Shard], collector: ShardCollector) -> None:
+    import ray
+
+    ds = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(_read_shards, batch_size=1, batch_format="pyarrow")
+    gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
+    ds = ds.map_batches(
+        LabelWorker,
+        fn_constructor_kwargs={"config": cfg.model_dump(mode="json")},
+        batch_size=cfg.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_cpus=cfg.cpus_per_actor,
+        **gpus,
+    )
+    for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        collector.add(block)
+
+
+def label_in_process(cfg: LabelConfig, rows: list[dict], models: Models | None = None) -> list[dict]:
+    """Label ``rows`` in this process without Ray (the plain loop the benchmark compares Ray
+    Data against, and a convenience for notebooks); rejected rows are dropped."""
+    signals = [SIGNALS[n] for n in cfg.signals]
+    models = models or load_models(cfg, model_needs(signals, cfg))
+    out = []
+    for start in range(0, len(rows), cfg.batch_size):
+        out += label_rows(rows[start:start + cfg.batch_size], signals, models, cfg)
+    return [{k: v for k, v in r.items() if k not in (REJECT_COL, COUNTS_COL)}
+            for r in out if r[REJECT_COL] is None]
+

@@ -1,0 +1,103 @@
+"""``raglign mine``: labelled candidates → training data for the reranker trainer.
+
+Two outputs, both through :mod:`raglign.mining` (the maths lives there; this module is the job):
+
+* **groups** (default): RADIO's "top-k shifted by N" — rank by ``signal`` (optionally mixed with
+  the retrieval score by ``alpha``), positive = rank 0, ``m`` negatives from rank positions ``>= n``
+  (or the reference code's ``fixed_ranks`` 3,4,6,9,13,18), sampled with a per-row seed shared by
+  all methods. Rows: ``{id, question, docs: [positive, *negatives], labels: [1, 0, …],
+  negative_ranks, signal, alpha}`` — what the InfoNCE objective reads.
+* **soft targets** (``targets: pdist | loop | adist | replug``): softmax(±field / T) over the
+  first ``k`` candidates. Rows: ``{id, question, docs, target, method, temperature}``.
+
+``loo_logprob`` ranks ascending for groups (a document whose removal lowers the answer's
+likelihood most is the most useful). Mining is light arithmetic, so it runs in this process; the
+input is read once. Output: ``part-00000.parquet`` (atomic), ``_rejects.jsonl`` (rows too short
+for a group, with the reason) and ``_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field, PositiveInt, model_validator
+
+from raglign.config import JobConfig
+from raglign.data.io import read_rows, write_table_atomic
+from raglign.errors import ConfigError
+from raglign.mining import TARGETS, flatten_group, mine_groups, mine_targets
+
+ASCENDING_SIGNALS = {"loo_logprob"}
+
+
+class MineConfig(JobConfig):
+    """Groups (``signal``) or soft targets (``targets``) from a labelled directory."""
+
+    job: Literal["mine"] = "mine"
+    input: str
+    output: str
+    signal: str | None = None
+    n: PositiveInt = 3
+    m: PositiveInt | None = None
+    seed: int = 42
+    fixed_ranks: list[int] | None = None
+    alpha: float | None = Field(None, ge=0.0, le=1.0)
+    descending: bool | None = None
+    targets: Literal["pdist", "loop", "adist", "replug"] | None = None
+    temperature: float | None = Field(None, gt=0)
+    k: PositiveInt | None = None
+    limit: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _one_mode(self):
+        if (self.signal is None) == (self.targets is None):
+            raise ValueError("give exactly one of signal (training groups) or targets "
+                             f"({' | '.join(TARGETS)}: soft targets)")
+        if self.targets and (self.fixed_ranks or self.alpha is not None or self.m):
+            raise ValueError("n/m/fixed_ranks/alpha apply to groups (signal), not to targets")
+        if self.signal and (self.temperature is not None or self.k is not None):
+            raise ValueError("temperature/k apply to soft targets (targets), not to groups")
+        return self
+
+
+def run_mine(cfg: MineConfig, progress=print) -> dict:
+    """Write groups or soft targets for ``cfg.input`` into ``cfg.output``; returns the summary."""
+    rows = read_rows(cfg.input, limit=cfg.limit)
+    source = str(cfg.input)
+    if cfg.signal:
+        descending = (cfg.signal not in ASCENDING_SIGNALS) if cfg.descending is None else cfg.descending
+        groups, rejects = mine_groups(rows, cfg.signal, n=cfg.n, m=cfg.m, seed=cfg.seed,
+                                      fixed_ranks=cfg.fixed_ranks, alpha=cfg.alpha,
+                                      descending=descending, source=source)
+        records = [{**flatten_group(g), "negative_ranks": g["negative_ranks"],
+                    "signal": g["signal"], "alpha": g["alpha"]} for g in groups]
+        kind = f"groups by {cfg.signal}"
+    else:
+        records, rejects = mine_targets(rows, cfg.targets, temperature=cfg.temperature, k=cfg.k,
+                                        source=source)
+        kind = f"{cfg.targets} soft targets"
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if not records:
+        raise ConfigError(f"no {kind} could be mined from {cfg.input}: all {len(rows)} rows were "
+                          f"rejected (first reason: {rejects[0]['reason'] if rejects else '-'})")
+    write_table_atomic(pa.Table.from_pylist(records), out / "part-00000.parquet")
+    _write_text(out / "_rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
+    summary = {"job": "mine", "kind": "groups" if cfg.signal else "targets",
+               "signal": cfg.signal, "targets": cfg.targets, "rows_in": len(rows),
+               "records": len(records), "rows_rejected": len(rejects),
+               "config": cfg.model_dump(mode="json", exclude={"ray"})}
+    _write_text(out / "_summary.json", json.dumps(summary, indent=2) + "\n")
+    progress(f"[mine] {len(records)} {kind} from {len(rows)} rows, {len(rejects)} rejected "
+             f"-> {out}")
+    return summary
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,242 @@
+"""Resumable, partitioned job output: one Parquet file per input shard, committed atomically.
+
+A shard is a fixed row range of one input file (``shard_rows`` rows). Its output is
+``OUTPUT_DIR/part-<shard>.parquet``, written with :func:`raglign.data.io.write_table_atomic`, and
+then a small record ``OUTPUT_DIR/_shards/<shard>.json`` (rows written, rejects, counters,
+seconds), also atomic. The record is the commit: a shard is finished iff its record exists, so a
+job killed at any instant leaves either a finished shard or one that the next run recomputes
+and overwrites — never a duplicate or a half-written file. ``_rejects.jsonl`` and
+``_summary.json`` are rebuilt from the records at the end of every run, so they too are exact
+after a resume.
+
+``_manifest.json`` holds a hash of everything that determines the output (the job's config
+minus runtime knobs, the input files and their row counts, the shard size). A run into a
+directory whose manifest differs stops with a :class:`ConfigError` listing what changed, instead
+of mixing rows labelled two different ways.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raglign.data.io import parquet_files, write_table_atomic
+from raglign.errors import ConfigError
+
+SHARD_COL, INDEX_COL, REJECT_COL, COUNTS_COL = "_shard", "_index", "_reject", "_counts"
+HELPER_COLUMNS = (SHARD_COL, INDEX_COL, REJECT_COL, COUNTS_COL)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Rows ``[start, stop)`` of one input file; ``name`` is unique within a job."""
+
+    name: str
+    path: str
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def plan_shards(input_path: str | os.PathLike, shard_rows: int,
+                limit: int | None = None) -> list[Shard]:
+    """The job's shards in input order: each file cut into ``shard_rows``-row ranges, the
+    first ``limit`` rows overall when given. Names come from the file's path relative to the
+    input directory, so files with the same name in different sub-directories stay apart."""
+    root = Path(input_path)
+    shards: list[Shard] = []
+    remaining = limit
+    for f in parquet_files(root):
+        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
+        stem = str(rel.with_suffix("")).replace(os.sep, "__")
+        n = pq.ParquetFile(f).metadata.num_rows
+        if remaining is not None:
+            n = min(n, remaining)
+            remaining -= n
+        for start in range(0, n, shard_rows):
+            stop = min(n, start + shard_rows)
+            shards.append(Shard(f"{stem}-{start:08d}-{stop:08d}", str(f), start, stop))
+        if remaining == 0:
+            break
+    return shards
+
+
+def read_shard(shard: Shard) -> pa.Table:
+    """The shard's rows, reading only the row groups that overlap it, with ``_shard`` and
+    ``_index`` (row position within the shard) columns added."""
+    pf = pq.ParquetFile(shard.path)
+    groups, offset, first = [], 0, None
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        if offset + n > shard.start and offset < shard.stop:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += n
+    table = pf.read_row_groups(groups).slice(shard.start - first, shard.rows)
+    table = table.append_column(SHARD_COL, pa.array([shard.name] * table.num_rows, pa.string()))
+    return table.append_column(INDEX_COL, pa.array(range(table.num_rows), pa.int64()))
+
+
+def config_hash(fingerprint: Mapping[str, Any]) -> str:
+    blob = json.dumps(fingerprint, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _diff(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+        return out
+    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+
+
+class ShardStore:
+    """The output directory of a sharded job: manifest check, commit, resume, summary."""
+
+    def __init__(self, out_dir: str | os.PathLike, job: str):
+        self.root = Path(out_dir)
+        self.job = job
+        self.records_dir = self.root / "_shards"
+
+    def part_path(self, shard: Shard) -> Path:
+        return self.root / f"part-{shard.name}.parquet"
+
+    def record_path(self, shard: Shard) -> Path:
+        return self.records_dir / f"{shard.name}.json"
+
+    def open(self, fingerprint: Mapping[str, Any]) -> None:
+        """Write the manifest, or check that the existing one describes the same job."""
+        manifest = {"job": self.job, "hash": config_hash(fingerprint), "fingerprint": fingerprint}
+        path = self.root / "_manifest.json"
+        if path.exists():
+            old = json.loads(path.read_text())
+            if old.get("hash") != manifest["hash"]:
+                changes = _diff(old.get("fingerprint", {}),
+                                json.loads(json.dumps(fingerprint, default=str)))
+                raise ConfigError(
+                    f"{self.root} holds the output of a different {old.get('job', '?')} job "
+                    f"(manifest hash {old.get('hash')} vs {manifest['hash']}); use a new output "
+                    "directory or remove the old one. Differences:\n  " + "\n  ".join(changes))
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(manifest, path)
+
+    def done(self, shard: Shard) -> bool:
+        return self.record_path(shard).exists()
+
+    def commit(self, shard: Shard, table: pa.Table, rejects: list[dict], counts: Mapping[str, int],
+               seconds: float) -> dict:
+        """Write the shard's Parquet part (when it has rows), then its record (the commit)."""
+        if table.num_rows:
+            write_table_atomic(table, self.part_path(shard))
+        record = {"shard": asdict(shard), "rows_in": shard.rows, "rows_out": table.num_rows,
+                  "rejects": rejects, "counts": dict(counts), "seconds": seconds,
+                  "finished_at": time.time()}
+        _write_json_atomic(record, self.record_path(shard))
+        return record
+
+    def records(self) -> list[dict]:
+        if not self.records_dir.is_dir():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+
+    def finish(self, shards: list[Shard], extra: Mapping[str, Any]) -> dict:
+        """Rebuild ``_rejects.jsonl`` and ``_summary.json`` from the shard records."""
+        names = {s.name for s in shards}
+        recs = [r for r in self.records() if r["shard"]["name"] in names]
+        rejects = [rej for r in recs for rej in r["rejects"]]
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
+        tmp = self.root / f"._rejects.jsonl.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(lines)
+        os.replace(tmp, self.root / "_rejects.jsonl")
+        counts: dict[str, int] = {}
+        for r in recs:
+            for k, v in r["counts"].items():
+                counts[k] = counts.get(k, 0) + v
+        reasons: dict[str, int] = {}
+        for rej in rejects:
+            reasons[rej["reason"]] = reasons.get(rej["reason"], 0) + 1
+        summary = {
+            "job": self.job,
+            "shards": len(shards),
+            "shards_finished": len(recs),
+            "rows_in": sum(r["rows_in"] for r in recs),
+            "rows_out": sum(r["rows_out"] for r in recs),
+            "rows_rejected": len(rejects),
+            "reject_reasons": reasons,
+            "counts": counts,
+            **extra,
+        }
+        _write_json_atomic(summary, self.root / "_summary.json")
+        return summary
+
+
+class ShardCollector:
+    """Reassembles a shard from labelled blocks arriving in any order and commits it once all
+    its rows are in; rows marked ``_reject`` go to the shard's rejects instead of its part."""
+
+    def __init__(self, store: ShardStore, shards: list[Shard], total_rows: int,
+                 progress: Callable[[str], None] = print):
+        self.store, self.progress = store, progress
+        self.shards = {s.name: s for s in shards}
+        self.pending: dict[str, list[pa.Table]] = {s.name: [] for s in shards}
+        self.seen = {s.name: 0 for s in shards}
+        self.total_rows, self.done_rows = total_rows, 0
+        self.start = self.last = time.monotonic()
+
+    def add(self, block: pa.Table) -> None:
+        names = block.column(SHARD_COL).to_pylist()
+        for name in dict.fromkeys(names):
+            part = block.filter(pc.equal(block.column(SHARD_COL), name))
+            self.pending[name].append(part)
+            self.seen[name] += part.num_rows
+            if self.seen[name] == self.shards[name].rows:
+                self._commit(self.shards[name])
+
+    def _commit(self, shard: Shard) -> None:
+        table = pa.concat_tables(self.pending.pop(shard.name), promote_options="permissive")
+        table = table.sort_by(INDEX_COL)
+        reject_col = table.column(REJECT_COL).to_pylist()
+        counts: dict[str, int] = {}
+        for raw in table.column(COUNTS_COL).to_pylist():
+            for k, v in json.loads(raw or "{}").items():
+                counts[k] = counts.get(k, 0) + v
+        ids = table.column("id").to_pylist()
+        rejects = [{"id": ids[i], "reason": reason, "source": shard.path,
+                    "record": shard.start + i + 1, "shard": shard.name}
+                   for i, reason in enumerate(reject_col) if reason is not None]
+        kept = table.filter(pc.is_null(table.column(REJECT_COL)))
+        kept = kept.drop_columns([c for c in HELPER_COLUMNS if c in kept.column_names])
+        now = time.monotonic()
+        self.store.commit(shard, kept, rejects, counts, now - self.last)
+        self.last = now
+        self.done_rows += shard.rows
+        rate = self.done_rows / max(now - self.start, 1e-9)
+        self.progress(f"[{self.store.job}] {shard.name}: {kept.num_rows} rows written, "
+                      f"{len(rejects)} rejected | {self.done_rows}/{self.total_rows} rows, "
+                      f"{rate:.2f} rows/s")
+
+    def finished(self) -> bool:
+        return not self.pending

@@ -1,0 +1,23 @@
+"""Labelling signals, one module each, registered by the candidate field they write.
+
+:data:`SIGNALS` is the table ``LabelConfig.signals`` is validated against: adding a signal is
+one module with a :class:`~raglign.signals.base.Signal` subclass plus one line here.
+"""
+
+from __future__ import annotations
+
+from raglign.signals.answer_logprob import AnswerLogprob
+from raglign.signals.answer_quality import AnswerQuality
+from raglign.signals.attention import Attention
+from raglign.signals.base import Generate, Item, Labels, Models, Score, Signal
+from raglign.signals.dpa import DPA
+from raglign.signals.gumbel_weight import GumbelWeight
+from raglign.signals.judge import Judge
+from raglign.signals.loo import LeaveOneOut
+from raglign.signals.rationale import Rationale
+
+SIGNALS: dict[str, Signal] = {s.name: s for s in (
+    Rationale(), AnswerLogprob(), LeaveOneOut(), Attention(), Judge(), AnswerQuality(), DPA(),
+    GumbelWeight())}
+
+__all__ = ["SIGNALS", "Generate", "Item", "Labels", "Models", "Score", "Signal"]

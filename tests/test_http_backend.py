@@ -1,0 +1,243 @@
+"""HTTP backend: request bodies, response parsing, and end-to-end runs through ray.data.llm's
+HttpRequestProcessor against real OpenAI-compatible servers on loopback.
+
+* ``transformers serve`` (extra ``transformers[serving]``) serves SmolLM2 for generation through
+  /v1/chat/completions and /v1/completions; its greedy answers are checked against local
+  ``generate`` on the same weights.
+* llama.cpp's server (extra ``llama-cpp-python[server]``) serves the packaged Q4_1 GGUF for
+  scoring through /v1/completions with echo+logprobs; its scores are compared with the
+  transformers fp32 reference of the de-quantised model.
+
+Each server is started once per session by its fixture and stopped by pid; a test skips only
+when the server's package is not installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from raglign.errors import DataError
+from raglign.models import http_backend as hb
+from raglign.models import vllm_backend as vb
+from raglign.models.logprobs import echoed_answer_logprobs
+from raglign.models.registry import resolve_model
+from raglign.prompts import answer_continuation, qa_messages, qa_prompt
+
+DOCS = [{"title": "France", "text": "Paris is the capital and largest city of France."}]
+ROW = {"id": "q1", "question": "What is the capital of France?", "candidates": DOCS,
+       "answer": "Paris", "choices": None}
+# (question, document, right answer, wrong answer)
+QA = [
+    ("What is the capital of France?", "Paris is the capital and largest city of France.",
+     "Paris", "Tokyo"),
+    ("What colour is the sky on a clear day?", "On a clear day the sky is blue.", "Blue",
+     "Green"),
+    ("Who wrote Hamlet?", "Hamlet is a tragedy written by William Shakespeare.",
+     "William Shakespeare", "Isaac Newton"),
+    ("How many legs does a spider have?", "Spiders are arachnids with eight legs.",
+     "Eight", "Three"),
+]
+
+
+# ----------------------------------------------------------------------------- servers
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(cmd: list[str], port: int, log: Path, ready_path: str, timeout: float = 180):
+    """Start ``cmd``, wait until ``GET ready_path`` answers 200, yield the /v1 base URL, stop it."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> str:
+    return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def transformers_server(tmp_path_factory, smollm_dir):
+    """``transformers serve`` pinned to the SmolLM2 directory, on CPU."""
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        pytest.skip("transformers serve needs the extra transformers[serving] (raglign[serving])")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", smollm_dir,
+           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    with serve(cmd, port, tmp_path_factory.mktemp("tserve") / "log", "/health") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama.cpp's OpenAI server (llama-cpp-python) on the packaged SmolLM2 Q4_1 GGUF."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama.cpp's server needs the extra llama-cpp-python[server]")
+    from raglign.models.registry import _smollm2_gguf
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(_smollm2_gguf()),
+           "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+           "--n_ctx", "2048", "--n_threads", "2", "--logits_all", "true", "--verbose", "false"]
+    with serve(cmd, port, tmp_path_factory.mktemp("llama") / "log", "/v1/models") as url:
+        yield url
+
+
+# ----------------------------------------------------------------------------- no server
+def test_request_bodies_follow_the_openai_api(smollm_tokenizer):
+    chat = hb.generation_spec(hb.HttpConfig(base_url="http://h/v1/", model="m"), "qa")
+    assert chat.config.url == "http://h/v1/chat/completions"
+    body = chat.preprocess(dict(ROW))["payload"]
+    assert body["messages"] == qa_messages(ROW["question"], "(Title: France) " + DOCS[0]["text"] + "\n")
+    assert (body["model"], body["temperature"], body["seed"], body["max_tokens"]) == ("m", 0.0, 42, 64)
+    comp = hb.generation_spec(hb.HttpConfig(base_url="http://h/v1", model="m",
+                                            tokenizer="smollm2-135m", endpoint="completions"),
+                              "rationale")
+    body = comp.preprocess(dict(ROW))["payload"]
+    assert comp.config.url == "http://h/v1/completions"
+    assert "Question: What is the capital of France?. Answer: Paris. Rationale: " in body["prompt"]
+    assert (body["temperature"], body["top_p"], body["max_tokens"]) == (0.2, 1.0, 1000)
+    score = hb.scoring_spec(hb.HttpConfig(base_url="http://h/v1", model="m",
+                                          tokenizer="smollm2-135m"))
+    pre = score.preprocess(dict(ROW))
+    prompt = qa_prompt(smollm_tokenizer, ROW["question"], [("France", DOCS[0]["text"])])
+    assert pre["payload"]["prompt"] == prompt + "Paris"
+    assert pre["_raglign_answer_chars"] == 5
+    assert {k: pre["payload"][k] for k in ("echo", "logprobs", "max_tokens")} == {
+        "echo": True, "logprobs": 1, "max_tokens": 1}
+
+
+def test_api_key_comes_from_the_environment(monkeypatch):
+    from raglign.errors import ConfigError
+
+    cfg = hb.HttpConfig(base_url="http://h/v1", model="m", api_key_env="RAGLIGN_TEST_KEY")
+    with pytest.raises(ConfigError, match="RAGLIGN_TEST_KEY is not set"):
+        hb.processor_config(cfg, "/completions")
+    monkeypatch.setenv("RAGLIGN_TEST_KEY", "sk-1")
+    assert hb.processor_config(cfg, "/completions").headers == {"Authorization": "Bearer sk-1"}
+
+
+def test_echo_parser_and_server_errors():
+    # llama.cpp's shape: chat special tokens detokenise to "" (offsets are not positions in the
+    # prompt sent), then one generated token. The answer "Hello" is the prompt's last 5 chars.
+    lp = {"tokens": ["user", "\n", "Hi", "", "\n", "ass", "istant", "\n", "Hello", "!"],
+          "token_logprobs": [None, -3.3, -7.2, -9.5, -0.05, -0.06, -1e-5, -6e-4, -4.3, -1.3],
+          "text_offset": [0, 4, 5, 7, 7, 8, 11, 17, 18, 23]}
+    assert echoed_answer_logprobs(lp, 5, 1) == [-4.3]
+    assert echoed_answer_logprobs(lp, 6, 1) == [-6e-4, -4.3]  # "\nHello"
+    with pytest.raises(ValueError, match="straddles"):
+        echoed_answer_logprobs(lp, 3, 1)  # "llo" starts inside "Hello"
+    assert echoed_answer_logprobs(lp, 1, 0) == [-1.3]  # nothing generated: "!" ends the prompt
+    with pytest.raises(ValueError, match="ignored logprobs/echo"):
+        echoed_answer_logprobs(None, 5, 1)
+    spec = hb.scoring_spec(hb.HttpConfig(base_url="http://h/v1", model="m", tokenizer="smollm2-135m"))
+    with pytest.raises(DataError, match="record q1.*model not found"):
+        spec.postprocess({**ROW, "_raglign_answer_chars": 5,
+                          "http_response": {"error": {"message": "model not found"}}})
+
+
+# ----------------------------------------------------------------------------- real servers
+def _local_greedy(model_dir: str, prompt_ids: list[int], n: int) -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+
+
+@pytest.mark.integration
+def test_generation_through_transformers_serve(ray_local, transformers_server, smollm_dir,
+                                               smollm_tokenizer):
+    import ray
+
+    rows = [{"id": f"q{i}", "question": q, "candidates": [{"title": None, "text": d}],
+             "choices": None} for i, (q, d, _, _) in enumerate(QA[:2])]
+    sampling = vb.SamplingConfig(temperature=0.0, max_tokens=8)
+    got = {}
+    for endpoint in ("chat", "completions"):
+        cfg = hb.HttpConfig(base_url=transformers_server, model=smollm_dir, endpoint=endpoint,
+                            batch_size=2)
+        out = hb.generation_processor(cfg, "qa", sampling)(ray.data.from_items(rows)).take_all()
+        got[endpoint] = {r["id"]: r["prediction"] for r in out}
+        assert all(set(r) == set(rows[0]) | {"prediction"} for r in out)
+    for r in rows:
+        ids = vb.qa_token_ids(smollm_tokenizer, r, "candidates")
+        expected = _local_greedy(smollm_dir, ids, 8)
+        assert expected.strip()
+        assert got["chat"][r["id"]] == expected
+        assert got["completions"][r["id"]] == expected
+
+
+def _reference_scores(rows, tokenizer) -> list[float]:
+    """log p(answer | prompt) under the de-quantised SmolLM2 in float32 (transformers)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"),
+                                                 dtype=torch.float32).eval()
+    scores = []
+    for r in rows:
+        ids, start = vb.scoring_token_ids(tokenizer, r, "candidates")
+        with torch.no_grad():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, start - 1:-1], -1)
+        scores.append(float(lp.gather(1, torch.tensor(ids[start:])[:, None]).sum()))
+    return scores
+
+
+@pytest.mark.integration
+def test_scoring_through_llama_cpp_server(ray_local, llama_server, smollm_tokenizer):
+    import ray
+
+    rows = [{"id": f"q{i}-{tag}", "question": q, "candidates": [{"title": None, "text": d}],
+             "answer": a, "choices": None}
+            for i, (q, d, right, wrong) in enumerate(QA) for tag, a in (("r", right), ("w", wrong))]
+    cfg = hb.HttpConfig(base_url=llama_server, model="smollm2", tokenizer="smollm2-135m",
+                        batch_size=8)
+    out = {r["id"]: r for r in hb.scoring_processor(cfg)(ray.data.from_items(rows)).take_all()}
+    http = [out[r["id"]]["answer_logprob"] for r in rows]
+    ref = _reference_scores(rows, smollm_tokenizer)
+    for r in rows:  # the server's tokenizer splits the answer as the local pieces do
+        n = len(smollm_tokenizer(answer_continuation(smollm_tokenizer, r["answer"]),
+                                 add_special_tokens=False)["input_ids"])
+        assert len(out[r["id"]]["answer_token_logprobs"]) == n
+    for i in range(0, len(rows), 2):  # right answer above wrong answer, under both
+        assert http[i] > http[i + 1] and ref[i] > ref[i + 1]
+    corr = torch.corrcoef(torch.tensor([http, ref]))[0, 1]
+    assert corr > 0.9, (http, ref)
+    print(json.dumps({"http": http, "reference": ref, "pearson": float(corr)}))

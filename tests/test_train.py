@@ -1,0 +1,292 @@
+"""`raglign train`: config, data validation, batching, checkpoint state, learning, DDP + resume.
+
+The reranker is a tiny random BERT (hidden 32, 2 layers) with the real MiniLM tokenizer. Groups
+are synthetic: the positive says "the <keyword> is the answer", negatives "the <other> is a
+distractor", so a few optimizer steps suffice to rank positives first (the random model's scores
+are flat: p(positive) = 1/7, and its top-1 choice is the positive for < 10 % of the groups).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raglign.config import JOBS, load_job, validate
+from raglign.errors import ConfigError, DataError
+from raglign.training_config import OBJECTIVE_NAMES, TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+WORDS = ("apple river piano tiger copper violet harbor candle meadow falcon glacier lantern "
+         "orchid pepper saddle thunder").split()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> str:
+    """A random 2-layer BERT without dropout, saved with MiniLM's tokenizer."""
+    import transformers
+
+    from raglign.models.registry import resolve_model
+
+    tok = transformers.AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=2, intermediate_size=64,
+                                  max_position_embeddings=64, hidden_dropout_prob=0.0,
+                                  attention_probs_dropout_prob=0.0)
+    path = tmp_path_factory.mktemp("tiny_bert")
+    transformers.BertModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def _groups(n: int = 64, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        kw = WORDS[i % len(WORDS)]
+        others = [w for w in WORDS if w != kw]
+        docs = [{"doc_id": f"{i}-0", "title": "", "text": f"the {kw} is the answer"}]
+        docs += [{"doc_id": f"{i}-{j}", "title": "", "text": f"the {rng.choice(others)} is a distractor"}
+                 for j in range(1, 7)]
+        rows.append({"id": f"q{i}", "question": f"tell me about the {kw}", "docs": docs,
+                     "labels": [1, 0, 0, 0, 0, 0, 0]})
+    return rows
+
+
+def _write(rows: list[dict], path: Path) -> str:
+    path.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path / "part-00000.parquet")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def groups_dir(tmp_path_factory) -> str:
+    return _write(_groups(), tmp_path_factory.mktemp("groups"))
+
+
+def _cfg(data: str, model: str, output: Path, **kw) -> TrainConfig:
+    base = dict(data=data, output=str(output), model=model, lr=1e-2, batch_size=8, epochs=2,
+                max_length=32, num_workers=0, log_every=2, checkpoint_every=4, warmup_ratio=0.0)
+    return TrainConfig(**(base | kw))
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+def test_objective_names_match_the_table_and_job_is_registered():
+    from raglign.objectives import OBJECTIVES
+
+    assert tuple(OBJECTIVES) == OBJECTIVE_NAMES
+    assert JOBS["train"] == "raglign.training_config:TrainConfig"
+
+
+def test_config_defaults_follow_the_papers():
+    cfg = TrainConfig(data="d", output="o")
+    assert (cfg.lr, cfg.weight_decay, cfg.epochs, cfg.max_length, cfg.warmup_ratio, cfg.seed) == \
+        (6e-5, 0.01, 2, 512, 0.1, 42)
+    assert cfg.score_temperature == 1.0 and TrainConfig(data="d", output="o", kind="bi").score_temperature == 0.02
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"objective": "dpo"}, "objective must be one of"),
+    ({"in_batch_negatives": True}, "in_batch_negatives needs"),
+    ({"batch_size": 6, "num_workers": 4}, "multiple of num_workers"),
+    ({"similarity": "dot"}, "similarity applies to kind 'bi'"),
+    ({"lr": 0}, "lr"),
+])
+def test_config_errors_name_the_field(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        validate(TrainConfig, {"job": "train", "data": "d", "output": "o", **bad}, "t.yaml")
+
+
+def test_recipes_load():
+    for name in ("train_radio_nq.yaml", "train_pdist_hotpotqa.yaml"):
+        cfg = load_job(REPO / "jobs" / name)
+        assert isinstance(cfg, TrainConfig) and cfg.data.startswith("runs/")
+
+
+def test_changed_settings_refuse_to_resume(tmp_path, groups_dir, tiny_bert_dir):
+    from raglign.config import dump_yaml
+    from raglign.pipeline.train import _check_resumable
+
+    cfg = _cfg(groups_dir, tiny_bert_dir, tmp_path)
+    (tmp_path / "train_config.yaml").write_text(dump_yaml(cfg))
+    _check_resumable(cfg.model_copy(update={"num_workers": 2, "max_steps": 3}), tmp_path / "train_config.yaml")
+    with pytest.raises(ConfigError, match=r"lr: 0.003 -> 0.001"):
+        _check_resumable(cfg.model_copy(update={"lr": 1e-3}), tmp_path / "train_config.yaml")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def test_training_rows_errors_name_file_record_field(tmp_path):
+    from raglign.pipeline.train import load_train_table
+
+    rows = _groups(3)
+    rows[1]["labels"] = [1, 1, 0, 0, 0, 0, 0]
+    data = _write(rows, tmp_path / "two_pos")
+    with pytest.raises(DataError) as e:
+        load_train_table(data, "infonce")
+    assert "part-00000.parquet, record q1, field 'labels'" in str(e.value)
+    load_train_table(data, "supervised")  # several positives are fine for BCE
+
+    with pytest.raises(DataError, match="field 'target': missing column"):
+        load_train_table(data, "kl")
+    target = [dict(r, target=[0.5, 0.3, 0.1, 0.0, 0.0, 0.0, 0.0]) for r in _groups(2)]
+    with pytest.raises(DataError, match=r"record q0, field 'target'.*sums to 0.9"):
+        load_train_table(_write(target, tmp_path / "t"), "kl")
+
+
+def test_table_keeps_doc_text_and_ragged_groups_are_masked(tmp_path):
+    from raglign.pipeline.train import load_train_table, make_batch
+
+    rows = [{"id": "a", "question": "q?", "docs": [{"doc_id": "1", "title": "T", "text": "x"},
+                                                    {"doc_id": "2", "title": None, "text": "y"}],
+             "target": [0.25, 0.75]},
+            {"id": "b", "question": "r?", "docs": [{"doc_id": "3", "title": "", "text": "z"}],
+             "target": [1.0]}]
+    table, _ = load_train_table(_write(rows, tmp_path / "ragged"), "kl")
+    batch = make_batch(table, [0, 1])
+    assert batch.docs == [["T\nx", "y"], ["z", ""]]
+    assert batch.mask.tolist() == [[True, True], [True, False]]
+    assert batch.values.tolist() == [[0.25, 0.75], [1.0, 0.0]]
+
+
+def test_global_batches_partition_the_epoch_for_any_world_size():
+    from raglign.pipeline.train import epoch_permutation, micro_batch_rows
+
+    perm0 = epoch_permutation(40, 42, 0)
+    assert perm0 == epoch_permutation(40, 42, 0) and perm0 != epoch_permutation(40, 42, 1)
+    one = TrainConfig(data="d", output="o", batch_size=8, num_workers=1)
+    four = TrainConfig(data="d", output="o", batch_size=8, num_workers=2, grad_accumulation=2)
+    for step in range(5):
+        whole = micro_batch_rows(perm0, step, one, 0, 1, 0)
+        parts = [micro_batch_rows(perm0, step, four, r, 2, a) for a in range(2) for r in range(2)]
+        assert sorted(sum(parts, [])) == sorted(whole) and all(len(p) == 2 for p in parts)
+        assert whole == perm0[step * 8:(step + 1) * 8]
+
+
+def test_checkpoint_round_trip_restores_model_optimizer_schedule_and_rng(tmp_path):
+    from transformers import get_linear_schedule_with_warmup
+
+    from raglign.pipeline.train import _restore, _save
+    from ray.train import Checkpoint
+
+    def make():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5), torch.nn.Linear(4, 1))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        return model, opt, get_linear_schedule_with_warmup(opt, 2, 10)
+
+    def step(model, opt, sched):
+        loss = model(torch.ones(3, 4)).sum()  # dropout draws from the RNG
+        loss.backward()
+        opt.step(), sched.step(), opt.zero_grad()
+        return loss.item()
+
+    cfg = TrainConfig(data="d", output="o")
+    model, opt, sched = make()
+    for _ in range(3):
+        step(model, opt, sched)
+    _save(tmp_path, model, opt, sched, 3, cfg, 0, [{"step": 2, "loss": 1.0}])
+    expected = [step(model, opt, sched) for _ in range(3)]
+    model2, opt2, sched2 = make()
+    torch.manual_seed(123)  # a different stream; the checkpoint must bring back the saved one
+    n, history = _restore(Checkpoint.from_directory(str(tmp_path)), model2, opt2, sched2, 0, "cpu")
+    assert (n, history) == (3, [{"step": 2, "loss": 1.0}])
+    assert [step(model2, opt2, sched2) for _ in range(3)] == expected
+    assert sched2.get_last_lr() == sched.get_last_lr()
+
+
+# --- training (Ray Train local mode: in this process, no cluster) ----------------------------
+
+def _top1_and_p_pos(scores: torch.Tensor) -> tuple[float, float]:
+    """How often the positive (index 0) scores highest, and its mean softmax probability."""
+    scores = torch.as_tensor(scores, dtype=torch.float32)
+    return (scores.argmax(1) == 0).float().mean().item(), scores.softmax(1)[:, 0].mean().item()
+
+
+def test_cross_encoder_infonce_learns_and_exports_a_sentence_transformers_model(
+        tmp_path, groups_dir, tiny_bert_dir):
+    from sentence_transformers import CrossEncoder
+
+    from raglign.pipeline.train import build_reranker, train
+
+    rows = _groups()
+    pairs = [[(r["question"], d["text"]) for d in r["docs"]] for r in rows]
+    cfg = _cfg(groups_dir, tiny_bert_dir, tmp_path / "out")
+    base = build_reranker(cfg).eval()
+    with torch.no_grad():
+        before = _top1_and_p_pos(base.forward_scores([r["question"] for r in rows],
+                                                     [[d["text"] for d in r["docs"]] for r in rows]))
+    result = train(cfg)
+    assert (result.step, result.total_steps, result.checkpoint) == (16, 16, None)
+    history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == list(range(2, 17, 2))
+    assert history[0]["loss"] > 1.8 and history[-1]["loss"] < 0.5 * history[0]["loss"]
+    assert all(h["pairs_per_s"] > 0 for h in history) and history[-1]["lr"] == 0.0
+
+    model = CrossEncoder(str(result.model_dir))
+    # CrossEncoder.predict applies a sigmoid, a monotone map: identity keeps the logits
+    after = _top1_and_p_pos(np.stack([model.predict(p, activation_fn=torch.nn.Identity()) for p in pairs]))
+    assert before[0] < 0.5 and before[1] < 0.2
+    assert after[0] >= 0.9 and after[1] > 0.5
+    card = (result.model_dir / "README.md").read_text()
+    assert "infonce" in card and groups_dir in card and f"{history[-1]['loss']:.4f}" in card
+    assert (tmp_path / "out" / "loss_curve.png").stat().st_size > 1000
+
+
+def test_bi_encoder_kl_on_soft_targets_learns(tmp_path, tiny_bert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    from raglign.pipeline.train import train
+
+    rows = [dict(r, target=[0.94] + [0.01] * 6, method="pdist") for r in _groups(32)]
+    for r in rows:
+        del r["labels"]
+    data = _write(rows, tmp_path / "targets")
+    cfg = _cfg(data, tiny_bert_dir, tmp_path / "out", kind="bi", objective="kl", temperature=0.05)
+    result = train(cfg)
+    history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"]
+    st = SentenceTransformer(str(result.model_dir))
+    q = st.encode([r["question"] for r in rows], convert_to_tensor=True)
+    top1 = [int(st.similarity(q[i:i + 1], st.encode([d["text"] for d in r["docs"]],
+                                                     convert_to_tensor=True)).argmax()) == 0
+            for i, r in enumerate(rows)]
+    assert sum(top1) / len(top1) >= 0.9
+    assert "method: pdist" in (result.model_dir / "README.md").read_text()
+
+
+# --- Ray Train: 2 DDP workers, stop at max_steps, resume --------------------------------------
+
+def test_two_worker_ddp_resumes_and_matches_uninterrupted_training(
+        tmp_path, ray_local, groups_dir, tiny_bert_dir):
+    from safetensors.torch import load_file
+
+    from raglign.pipeline.train import train
+
+    # Reference: one process, the same global batches as 2 workers (2 micro-batches of 4 each).
+    ref = train(_cfg(groups_dir, tiny_bert_dir, tmp_path / "ref", grad_accumulation=2))
+    ddp = _cfg(groups_dir, tiny_bert_dir, tmp_path / "ddp", num_workers=2)
+    first = train(ddp.model_copy(update={"max_steps": 6}))
+    assert (first.step, first.total_steps) == (6, 16) and first.checkpoint.endswith("step-00000006")
+    early = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    second = train(ddp)  # same run name and storage: resumes at step 6
+    assert second.step == 16 and second.checkpoint.endswith("step-00000016")
+    history = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert history[:len(early)] == early
+    assert [json.loads(h)["step"] for h in history] == list(range(2, 17, 2))
+
+    want = load_file(ref.model_dir / "model.safetensors")
+    got = load_file(second.model_dir / "model.safetensors")
+    assert want.keys() == got.keys()
+    for k in want:  # DDP's all-reduce mean vs accumulation: equal up to float rounding
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5, msg=k)
+    ref_loss = [json.loads(h)["loss"] for h in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    assert [json.loads(h)["loss"] for h in history] == pytest.approx(ref_loss, rel=1e-4)
