@@ -121,3 +121,13 @@ def test_report_table_and_plot(data_dir, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text("{}")
     assert main(["report", str(bad)]) == 2
+
+
+def test_gold_missed_by_the_retriever_counts_as_a_miss(tmp_path):
+    rows = _rows()[1:2]
+    rows[0]["candidates"] = [dict(c, is_gold=None) for c in rows[0]["candidates"]]
+    rows[0]["meta"] = '{"gold_doc_ids": ["e1", "zz"]}'
+    write_rows(rows, tmp_path / "d")
+    report = evaluate(EvalConfig(data=str(tmp_path / "d"), output=str(tmp_path / "o.json"),
+                                 ks=[2]))
+    assert report["recall@2"] == pytest.approx(0.5)

@@ -45,8 +45,6 @@ QA = [
      "Green"),
     ("Who wrote Hamlet?", "Hamlet is a tragedy written by William Shakespeare.",
      "William Shakespeare", "Isaac Newton"),
-    ("How many legs does a spider have?", "Spiders are arachnids with eight legs.",
-     "Eight", "Three"),
 ]
 
 
@@ -113,7 +111,7 @@ def llama_server(tmp_path_factory):
     port = _free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(_smollm2_gguf()),
            "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
-           "--n_ctx", "2048", "--n_threads", "2", "--logits_all", "true", "--verbose", "false"]
+           "--n_ctx", "512", "--n_threads", "2", "--logits_all", "true", "--verbose", "false"]
     with serve(cmd, port, tmp_path_factory.mktemp("llama") / "log", "/v1/models") as url:
         yield url
 
@@ -172,14 +170,10 @@ def test_echo_parser_and_server_errors():
 
 
 # ----------------------------------------------------------------------------- real servers
-def _local_greedy(model_dir: str, prompt_ids: list[int], n: int) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
+def _local_greedy(model, tokenizer, prompt_ids: list[int], n: int) -> str:
     with torch.no_grad():
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False)
-    return tok.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+    return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
 
 
 @pytest.mark.integration
@@ -197,9 +191,13 @@ def test_generation_through_transformers_serve(ray_local, transformers_server, s
         out = hb.generation_processor(cfg, "qa", sampling)(ray.data.from_items(rows)).take_all()
         got[endpoint] = {r["id"]: r["prediction"] for r in out}
         assert all(set(r) == set(rows[0]) | {"prediction"} for r in out)
+    from transformers import AutoModelForCausalLM
+
+    # the server loads the directory with dtype "auto" (bf16): so does the reference
+    model = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype="auto").eval()
     for r in rows:
         ids = vb.qa_token_ids(smollm_tokenizer, r, "candidates")
-        expected = _local_greedy(smollm_dir, ids, 8)
+        expected = _local_greedy(model, smollm_tokenizer, ids, 8)
         assert expected.strip()
         assert got["chat"][r["id"]] == expected
         assert got["completions"][r["id"]] == expected

@@ -96,7 +96,8 @@ def test_bi_encoder_scores_are_cosine_of_embeddings(tiny_bert_dir):
     reranker = load_reranker(str(tiny_bert_dir), kind="bi", device="cpu")
     assert isinstance(reranker, BiEncoderReranker) and reranker.similarity == "cosine"
     emb = _mean_pool_reference(tiny_bert_dir, [QUERY] + DOCS)
-    np.testing.assert_allclose(reranker.score(QUERY, DOCS, batch_size=2), emb[1:] @ emb[0], atol=1e-5)
+    np.testing.assert_allclose(reranker.score(QUERY, DOCS, batch_size=2), emb[1:] @ emb[0],
+                               atol=1e-5)
     fs = reranker.forward_scores([QUERY], [DOCS]).detach().numpy()[0]
     np.testing.assert_allclose(fs, emb[1:] @ emb[0], atol=1e-5)
 
@@ -176,7 +177,16 @@ def test_bi_encoder_round_trips_through_sentence_transformers(pooling, similarit
     assert st.similarity_fn_name == similarity and st.max_seq_length == reranker.max_length
     st_emb = st.encode([QUERY] + DOCS, convert_to_numpy=True)
     np.testing.assert_allclose(st_emb, expected_emb, atol=1e-5)
-    np.testing.assert_allclose(st.similarity(st_emb[:1], st_emb[1:]).numpy()[0], expected, atol=1e-5)
+    np.testing.assert_allclose(st.similarity(st_emb[:1], st_emb[1:]).numpy()[0], expected,
+                               atol=1e-5)
+
+    # and the layout sentence-transformers 6 itself writes reads back the same
+    st.save(str(tmp_path / "st6"))
+    assert "pooling_mode" in json.loads((tmp_path / "st6" / "1_Pooling" / "config.json").read_text())
+    st6 = load_reranker(str(tmp_path / "st6"), kind="bi")
+    assert (st6.encoder.pooling, st6.encoder.normalize, st6.similarity, st6.max_length) == (
+        pooling, normalize, similarity, reranker.max_length)
+    np.testing.assert_allclose(st6.encoder.encode([QUERY] + DOCS), expected_emb, atol=1e-5)
 
 
 def test_bare_encoder_as_cross_encoder_warns_random_head(tiny_bert_dir, caplog):
@@ -198,7 +208,8 @@ def test_bad_inputs_are_reported(tiny_bert_dir, tiny_cross_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
     three = tmp_path / "three-labels"
-    AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3).save_pretrained(three)
+    head3 = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=3)
+    head3.save_pretrained(three)
     with pytest.raises(ConfigError, match="3 labels"):
         load_reranker(str(three), kind="cross")
 

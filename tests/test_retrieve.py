@@ -211,6 +211,6 @@ def test_real_minilm_dense_retrieval_finds_paraphrased_passages(inputs, tmp_path
     write_rows([make_row("p0", "spice that comes from crocus flowers", []),
                 make_row("p1", "ice-carved narrow sea inlet", []),
                 make_row("p2", "luminous core of a distant galaxy", [])], paraphrased)
-    retrieve(RetrieveConfig(queries=str(paraphrased), corpus=str(corpus), output=str(tmp_path / "o"),
-                            actors=0, k=3))
+    retrieve(RetrieveConfig(queries=str(paraphrased), corpus=str(corpus),
+                            output=str(tmp_path / "o"), actors=0, k=3))
     assert [r["candidates"][0]["doc_id"] for r in read_rows(tmp_path / "o")] == ["d5", "d4", "d2"]

@@ -241,26 +241,33 @@ def test_cross_encoder_infonce_learns_and_exports_a_sentence_transformers_model(
     assert (tmp_path / "out" / "loss_curve.png").stat().st_size > 1000
 
 
-def test_bi_encoder_kl_on_soft_targets_learns(tmp_path, tiny_bert_dir):
+def test_cli_bi_encoder_kl_on_soft_targets_learns(tmp_path, tiny_bert_dir, capsys):
     from sentence_transformers import SentenceTransformer
 
-    from raglign.pipeline.train import train
+    from raglign.cli import main
+    from raglign.config import dump_yaml
 
     rows = [dict(r, target=[0.94] + [0.01] * 6, method="pdist") for r in _groups(32)]
     for r in rows:
         del r["labels"]
     data = _write(rows, tmp_path / "targets")
-    cfg = _cfg(data, tiny_bert_dir, tmp_path / "out", kind="bi", objective="kl", temperature=0.05)
-    result = train(cfg)
+    job = tmp_path / "job.yaml"
+    job.write_text(dump_yaml(_cfg(data, tiny_bert_dir, tmp_path / "out", kind="bi", objective="kl",
+                                  num_workers=2)))
+    # flags override the YAML: local mode and the bi-encoder's temperature
+    assert main(["train", "--config", str(job), "--num-workers", "0", "--temperature", "0.05"]) == 0
+    assert "trained 8/8 steps" in capsys.readouterr().out
+    assert "temperature: 0.05" in (tmp_path / "out" / "train_config.yaml").read_text()
+    result_model = tmp_path / "out" / "model"
     history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert history[-1]["loss"] < 0.7 * history[0]["loss"]
-    st = SentenceTransformer(str(result.model_dir))
+    st = SentenceTransformer(str(result_model))
     q = st.encode([r["question"] for r in rows], convert_to_tensor=True)
     top1 = [int(st.similarity(q[i:i + 1], st.encode([d["text"] for d in r["docs"]],
                                                      convert_to_tensor=True)).argmax()) == 0
             for i, r in enumerate(rows)]
     assert sum(top1) / len(top1) >= 0.9
-    assert "method: pdist" in (result.model_dir / "README.md").read_text()
+    assert "method: pdist" in (result_model / "README.md").read_text()
 
 
 # --- Ray Train: 2 DDP workers, stop at max_steps, resume --------------------------------------

@@ -23,7 +23,8 @@ def _retrieve(args) -> int:
     if args.config:
         cfg = load_job(args.config, overrides=fields)
         if not isinstance(cfg, RetrieveConfig):
-            raise SystemExit(f"raglign retrieve: {args.config} is a '{cfg.job}' job, not 'retrieve'")
+            raise SystemExit(f"raglign retrieve: {args.config} is a '{cfg.job}' job, "
+                             "not 'retrieve'")
     else:
         if not (args.queries and args.corpus and args.output):
             raise SystemExit("raglign retrieve: QUERIES_DIR CORPUS_DIR OUTPUT_DIR are required "

@@ -46,7 +46,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``"bfloat16"``/``"bf16"``/``"float16"``/``"float32"`` (or a torch dtype); ``None`` → float32."""
+    """``"bfloat16"``/``"bf16"``/``"float16"``/``"float32"`` or a torch dtype; ``None`` → fp32."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
@@ -119,11 +119,12 @@ def read_layout(path: str | os.PathLike) -> SentenceLayout:
             raise ConfigError(f"{modules_file}: module {i} ({m.get('type')}) is not supported; "
                               "raglign encoders read Transformer → Pooling → optional Normalize")
     if transformer_dir is None or pooling is None:
-        raise ConfigError(f"{modules_file}: expected a Transformer module first and a Pooling module")
+        raise ConfigError(f"{modules_file}: expected a Transformer module first and a Pooling "
+                          "module")
     bert_config = {}
-    for candidate in (transformer_dir / "sentence_bert_config.json", root / "sentence_bert_config.json"):
-        if candidate.exists():
-            bert_config = _read_json(candidate)
+    for folder in (transformer_dir, root):
+        if (folder / "sentence_bert_config.json").exists():
+            bert_config = _read_json(folder / "sentence_bert_config.json")
             break
     return SentenceLayout(transformer_dir, pooling, normalize, bert_config.get("max_seq_length"),
                           bool(bert_config.get("do_lower_case", False)), similarity, True)
@@ -239,8 +240,10 @@ class Encoder(torch.nn.Module):
         root.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(root)
         self.tokenizer.save_pretrained(root)
-        modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+        modules = [{"idx": 0, "name": "0", "path": "",
+                    "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling",
+                    "type": "sentence_transformers.models.Pooling"}]
         if self.normalize:
             modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
                             "type": "sentence_transformers.models.Normalize"})

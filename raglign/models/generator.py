@@ -178,7 +178,11 @@ class _StopOnStrings(StoppingCriteria):
 
 
 def _quant_method(quant) -> str | None:
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    """``quant_method`` of a quantization config given as a dict or a config object."""
+    if isinstance(quant, dict):
+        method = quant.get("quant_method")
+    else:
+        method = getattr(quant, "quant_method", None)
     return getattr(method, "value", method)
 
 
@@ -265,8 +269,9 @@ class TransformersGenerator(Generator):
         ids, mask, _ = left_pad(seqs, self.pad_id, self.device)
         sampling = (dict(do_sample=True, temperature=p.temperature, top_p=p.top_p, top_k=0)
                     if p.temperature > 0 else dict(do_sample=False))
-        config = GenerationConfig(max_new_tokens=p.max_new_tokens, eos_token_id=sorted(self.eos_ids),
-                                  pad_token_id=self.pad_id, **sampling)
+        config = GenerationConfig(max_new_tokens=p.max_new_tokens,
+                                  eos_token_id=sorted(self.eos_ids), pad_token_id=self.pad_id,
+                                  **sampling)
         stopping = (StoppingCriteriaList([_StopOnStrings(self.tokenizer, p.stop, ids.shape[1])])
                     if p.stop else None)
         out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,

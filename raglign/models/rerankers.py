@@ -104,7 +104,7 @@ class Reranker(torch.nn.Module):
 
     @torch.no_grad()
     def score(self, query: str, documents: list[str], batch_size: int = 32) -> list[float]:
-        """One score per document (higher = more relevant), in eval mode, ``batch_size`` at a time."""
+        """One score per document (higher = more relevant), in eval mode, ``batch_size`` at once."""
         documents = list(documents)
         scores: list[float] = []
         with self._inference():

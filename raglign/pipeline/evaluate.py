@@ -144,7 +144,10 @@ def row_metrics(row: dict, ranking: list[int], cfg: EvalConfig) -> dict[str, Any
     ranked_ids = [cands[i]["doc_id"] for i in ranking]
     out: dict[str, Any] = {"id": row["id"]}
     gold = {c["doc_id"] for c in cands if c.get("is_gold")}
-    if any(c.get("is_gold") is not None for c in cands):
+    # Retrieval output records the full gold set in meta: a gold document the retriever missed
+    # must count as a miss, not make the row look gold-less.
+    gold |= set(row_meta(row).get("gold_doc_ids") or [])
+    if gold or any(c.get("is_gold") is not None for c in cands):
         out.update(ranking_metrics(ranked_ids, gold, ks=sorted(set(cfg.ks) | {cfg.k})))
         indirect = indirect_gold(row)
         out[f"indirect_recall@{cfg.k}"] = recall_at_k(ranked_ids, indirect, cfg.k)

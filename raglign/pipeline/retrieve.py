@@ -184,7 +184,8 @@ class GoldIndex:
             self.by_text[_norm(x)].append(d)
 
     def gold_ids(self, row: Mapping[str, Any]) -> tuple[list[str] | None, int]:
-        """(sorted gold doc ids, or None when the row knows no gold; how many are not in the corpus)."""
+        """(sorted gold doc ids, or None when the row knows no gold; how many are not in the
+        corpus)."""
         golds = [c for c in row.get("candidates") or [] if c.get("is_gold") is True]
         if not golds:
             return None, 0
@@ -239,8 +240,8 @@ def embed_texts(texts: list[str], cfg: RetrieveConfig) -> np.ndarray:
     in this process (no Ray), the same computation.
     """
     if cfg.actors == 0:
-        return EmbedActor(**_actor_kwargs(cfg))({"idx": np.arange(len(texts)),
-                                                 "text": np.array(texts, dtype=object)})["embedding"]
+        batch = {"idx": np.arange(len(texts)), "text": np.array(texts, dtype=object)}
+        return EmbedActor(**_actor_kwargs(cfg))(batch)["embedding"]
     import ray
 
     n = len(texts)
@@ -334,8 +335,8 @@ def cached_embeddings(parts: Mapping[str, list[str]], cfg: RetrieveConfig,
     with ray_session(cfg.ray) if cfg.actors else contextlib.nullcontext():
         emb = embed_texts(texts, cfg)
     seconds = time.time() - t0
-    print(f"  embedded {len(texts)} texts in {seconds:.1f} s ({len(texts) / max(seconds, 1e-9):.1f}/s)",
-          flush=True)
+    rate = len(texts) / max(seconds, 1e-9)
+    print(f"  embedded {len(texts)} texts in {seconds:.1f} s ({rate:.1f}/s)", flush=True)
     start = 0
     for name, part, key, path in todo:
         vectors = emb[start:start + len(part)]
