@@ -15,7 +15,7 @@ same machine load:
 Throughput is the median of the per-window ``pairs_per_s`` the training loop reports, skipping
 the first window (model load, first-step allocation); startup is reported separately.
 
-    python benchmarks/bench_train.py --steps 12 --batch-size 8
+    python benchmarks/bench_train.py --steps 6 --batch-size 4
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def build_groups(n: int, seed: int = 0) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per layout")
-    ap.add_argument("--batch-size", type=int, default=8, help="groups per optimizer step")
+    ap.add_argument("--steps", type=int, default=6, help="optimizer steps per layout")
+    ap.add_argument("--batch-size", type=int, default=4, help="groups per optimizer step")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--model", default="minilm-l6")
     args = ap.parse_args()
@@ -84,22 +84,22 @@ def main() -> None:
             out = Path(tmp) / f"w{workers}c{cpus}"
             cfg = TrainConfig(data=str(data), output=str(out), model=args.model,
                               max_length=args.max_length, batch_size=args.batch_size, epochs=1,
-                              num_workers=workers, cpus_per_worker=cpus, log_every=2,
+                              num_workers=workers, cpus_per_worker=cpus, log_every=1,
                               checkpoint_every=10**6)
-            t0 = time.perf_counter()
+            t0, load0 = time.perf_counter(), os.getloadavg()[0]
             result = train(cfg)
-            wall = time.perf_counter() - t0
+            wall, load = time.perf_counter() - t0, (load0 + os.getloadavg()[0]) / 2
             history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             rate = statistics.median(h["pairs_per_s"] for h in history[1:])
             pairs = result.step * args.batch_size * 7
-            results.append((name, rate, wall, pairs / rate))
-            print(f"{name}: {rate:.1f} pairs/s (median over windows), fit wall {wall:.1f} s, "
-                  f"of which training ~{pairs / rate:.1f} s", flush=True)
+            results.append((name, rate, wall, pairs / rate, load))
+            print(f"{name}: {rate:.2f} pairs/s (median over windows), fit wall {wall:.1f} s, "
+                  f"of which training ~{pairs / rate:.1f} s; load average ~{load:.1f}", flush=True)
     base = results[0][1]
-    print("\n| layout | pairs/s | vs 1 worker | fit wall-clock (s) | startup + export (s) |")
-    print("|---|---|---|---|---|")
-    for name, rate, wall, busy in results:
-        print(f"| {name} | {rate:.1f} | {rate / base:.2f}x | {wall:.0f} | {wall - busy:.0f} |")
+    print("\n| layout | pairs/s | vs 1 worker | fit wall-clock (s) | startup + export (s) | load avg |")
+    print("|---|---|---|---|---|---|")
+    for name, rate, wall, busy, load in results:
+        print(f"| {name} | {rate:.2f} | {rate / base:.2f}x | {wall:.0f} | {wall - busy:.0f} | {load:.0f} |")
 
 
 if __name__ == "__main__":

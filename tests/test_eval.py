@@ -87,7 +87,7 @@ def test_models_through_ray_match_direct_calls(ray_local, data_dir, tmp_path, ti
                                                tiny_llama, smollm_tokenizer):
     from raglign.models.generator import TransformersGenerator
     from raglign.models.rerankers import doc_text, load_reranker
-    from raglign.prompts import qa_prompt
+    from raglign.prompts import parallel_prompt
 
     gen_dir = tmp_path / "tiny-llm"
     tiny_llama.save_pretrained(gen_dir)
@@ -103,7 +103,7 @@ def test_models_through_ray_match_direct_calls(ray_local, data_dir, tmp_path, ti
         cands = row["candidates"]
         order = reranker.rank(row["question"], [doc_text(c["title"], c["text"]) for c in cands])
         assert detail[row["id"]]["ranked_doc_ids"] == [cands[i]["doc_id"] for i in order]
-        prompt = qa_prompt(gen.tokenizer, row["question"],
+        prompt = parallel_prompt(gen.tokenizer, row["question"],
                            [(cands[i]["title"], cands[i]["text"]) for i in order[:2]])
         expected = gen.generate([prompt], max_new_tokens=4, stop=("\n",))[0]
         assert detail[row["id"]]["prediction"] == expected

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +31,11 @@ from raglign.gumbel.options import SamplingWeightOptions
 from raglign.gumbel.report import mining_report
 from raglign.gumbel.weights import learn_weights
 from raglign.models.rerankers import doc_text, load_reranker
-from raglign.objectives.gumbel import gumbel_lm_loss, hard_topk_mask, stochastic_subset_mask
+from raglign.objectives.gumbel import (
+    gumbel_lm_loss,
+    hard_topk_mask,
+    stochastic_subset_mask,
+)
 from raglign.signals.base import Item, row_seed
 
 QUERIES = [
@@ -188,9 +193,9 @@ def test_without_noise_the_mask_collapses_to_uniform(copy_engine, tmp_path):
     assert max(without[20:]) < 0.35  # it stays near 1/n, not a lucky last step
     assert with_noise[-1] > without[-1] + 0.1
     paths = write_ablation(result, tmp_path)
-    saved = json.loads(open(paths["json"]).read())
+    saved = json.loads(Path(paths["json"]).read_text())
     assert saved["without_noise"]["mean"] == without
-    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Path(paths["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_algorithm2_puts_the_answer_document_first(copy_engine):

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from raglign.objectives import OBJECTIVES, LossParams, emdr, infonce, kl_distill, replug_lsr, supervised
+from raglign.objectives import (
+    OBJECTIVES,
+    LossParams,
+    emdr,
+    infonce,
+    kl_distill,
+    replug_lsr,
+    supervised,
+)
 
 RNG = np.random.default_rng(0)
 

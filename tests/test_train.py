@@ -23,8 +23,8 @@ from raglign.errors import ConfigError, DataError
 from raglign.training_config import OBJECTIVE_NAMES, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-WORDS = ("apple river piano tiger copper violet harbor candle meadow falcon glacier lantern "
-         "orchid pepper saddle thunder").split()
+WORDS = ["apple", "river", "piano", "tiger", "copper", "violet", "harbor", "candle", "meadow",
+         "falcon", "glacier", "lantern", "orchid", "pepper", "saddle", "thunder"]
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +72,9 @@ def groups_dir(tmp_path_factory) -> str:
 
 
 def _cfg(data: str, model: str, output: Path, **kw) -> TrainConfig:
-    base = dict(data=data, output=str(output), model=model, lr=1e-2, batch_size=8, epochs=2,
-                max_length=32, num_workers=0, log_every=2, checkpoint_every=4, warmup_ratio=0.0)
+    base = {"data": data, "output": str(output), "model": model, "lr": 1e-2, "batch_size": 8,
+            "epochs": 2, "max_length": 32, "num_workers": 0, "log_every": 2,
+            "checkpoint_every": 4, "warmup_ratio": 0.0}
     return TrainConfig(**(base | kw))
 
 
@@ -167,15 +168,16 @@ def test_global_batches_partition_the_epoch_for_any_world_size():
     for step in range(5):
         whole = micro_batch_rows(perm0, step, one, 0, 1, 0)
         parts = [micro_batch_rows(perm0, step, four, r, 2, a) for a in range(2) for r in range(2)]
-        assert sorted(sum(parts, [])) == sorted(whole) and all(len(p) == 2 for p in parts)
+        assert sorted(r for p in parts for r in p) == sorted(whole)
+        assert all(len(p) == 2 for p in parts)
         assert whole == perm0[step * 8:(step + 1) * 8]
 
 
 def test_checkpoint_round_trip_restores_model_optimizer_schedule_and_rng(tmp_path):
+    from ray.train import Checkpoint
     from transformers import get_linear_schedule_with_warmup
 
     from raglign.pipeline.train import _restore, _save
-    from ray.train import Checkpoint
 
     def make():
         torch.manual_seed(0)

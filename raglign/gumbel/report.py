@@ -58,9 +58,9 @@ def mining_report(rows: Sequence[Mapping[str, Any]], signals: Sequence[str] | No
         table[f] = {k: v for k, v in agg.items() if k in metrics or k.endswith("_ci")}
     paired = {}
     if reference in per_row:
-        for f in per_row:
-            if f != reference and per_row[f]:
-                paired[f] = compare(per_row[reference], per_row[f], metrics, n_boot, seed=seed)
+        for f, values in per_row.items():
+            if f != reference and values:
+                paired[f] = compare(per_row[reference], values, metrics, n_boot, seed=seed)
     return {"rows_with_gold": len(per_row[RETRIEVAL]), "metrics": metrics, "reference": reference,
             "signals": table, "paired": paired}
 

@@ -119,6 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     per_epoch = len(examples) // cfg.batch_size
     total = per_epoch * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps,
                                                                      per_epoch * cfg.epochs)
+    history = []
     for step in range(total):
         epoch, b = divmod(step, per_epoch)
         perm = list(range(len(examples)))
@@ -144,6 +145,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "step_seconds": round(time.perf_counter() - t0, 3),
                    "peak_rss_mib": round(peak_rss_mib(), 1),
                    "cache_mib": round(sum(c.nbytes() for c in caches) / 2**20, 1)}
+        history.append(metrics)
         if rank == 0:
             print(f"[grerank train] step {step + 1}/{total} loss {metrics['loss']:.4f} max weight "
                   f"{metrics['max_weight']:.3f} peak RSS {metrics['peak_rss_mib']:.0f} MiB "
@@ -152,6 +154,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             tmp = Path(tempfile.mkdtemp(prefix="raglign-grerank-"))
             if rank == 0:
                 reranker.save(tmp / "model", model_card=model_card(cfg, len(examples), total))
+                (tmp / "history.json").write_text(json.dumps(history))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
@@ -186,16 +189,14 @@ def train_gumbel(cfg: GumbelTrainConfig) -> dict:
             run_config=ray.train.RunConfig(name=f"grerank-{out.name}",
                                            storage_path=str(out.resolve() / "ray_results")))
         result = trainer.fit()
-    history = result.metrics_dataframe.to_dict(orient="records") if result.metrics_dataframe is not None else []
     if result.checkpoint is None:
         raise RuntimeError("training ended without a final checkpoint")
     with result.checkpoint.as_directory() as ckpt:
         if (out / "model").exists():
             shutil.rmtree(out / "model")
         shutil.copytree(Path(ckpt) / "model", out / "model")
-    keys = ("step", "loss", "max_weight", "n", "step_seconds", "peak_rss_mib", "cache_mib")
-    summary = {"model": str(out / "model"), "rows": len(examples),
-               "history": [{k: h.get(k) for k in keys} for h in history],
-               "peak_rss_mib": max((h.get("peak_rss_mib") or 0) for h in history) if history else None}
+        history = json.loads((Path(ckpt) / "history.json").read_text())  # rank 0's steps
+    summary = {"model": str(out / "model"), "rows": len(examples), "history": history,
+               "peak_rss_mib": max(h["peak_rss_mib"] for h in history)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -9,8 +9,10 @@ Every labelling signal talks to a :class:`Generator`: ``generate`` for rationale
 tokenise prefix, documents and suffix piece by piece, which can differ from tokenising the joined
 string at the piece boundaries (Gemma merges newlines across them).
 
-Throughput comes from batching: requests are sorted by token length (little padding), cut into
-micro-batches under a row count and a token budget, and returned in input order. Scoring
+Requests are sorted by token length (little padding), cut into micro-batches under a row count
+and a token budget, and returned in input order; batching keeps a GPU busy (on a single CPU
+thread a forward is compute-bound per token and batching is on par with a loop, see
+docs/benchmarks.md). Scoring
 left-pads with explicit position ids, so every answer ends at the last position and the model's
 own head (``logits_to_keep``, which keeps soft-capping and logit scaling correct) runs only over
 the answer span: a Gemma-3 262k-vocabulary ``[batch, seq, vocab]`` tensor is never built.
@@ -116,8 +118,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 
 def pick_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on CPU (2-4x faster than fp32 on AVX-512/AMX CPUs, see
-    docs/benchmarks.md) and on CUDA GPUs that support it, fp16 on older GPUs."""
+    """``auto`` is bf16 on CPU (1.7x the fp32 token rate on this project's AVX-512-BF16 CPU,
+    more with AMX; docs/benchmarks.md) and on CUDA GPUs that support it, fp16 on older GPUs."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -177,15 +179,6 @@ class _StopOnStrings(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _quant_method(quant) -> str | None:
-    """``quant_method`` of a quantization config given as a dict or a config object."""
-    if isinstance(quant, dict):
-        method = quant.get("quant_method")
-    else:
-        method = getattr(quant, "quant_method", None)
-    return getattr(method, "value", method)
-
-
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     """``text`` up to (not including) the earliest stop string."""
     cut = min((p for p in (text.find(s) for s in stops) if p >= 0), default=len(text))
@@ -225,21 +218,14 @@ class TransformersGenerator(Generator):
         """Load a hub id, a local directory, a ``.gguf`` file or a packaged short name
         (``smollm2-135m``, ``gemma3-270m``) through ``resolve_model``; ``kwargs`` go to the
         constructor (``batch_size``, ``token_budget``, ``logits_budget``)."""
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from raglign.models.registry import resolve_model
 
         dev = pick_device(device)
         path = resolve_model(name)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        config = AutoConfig.from_pretrained(path)
-        quant = getattr(config, "quantization_config", None)
-        if quant is not None and _quant_method(quant) == "gguf":
-            # A GGUF checkpoint converted to dense safetensors keeps the GGUF quantisation entry
-            # in its config; loading with it attaches a GGUF quantizer to plain dense weights.
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_pretrained(path, config=config,
-                                                     dtype=pick_dtype(dtype, dev), **extra)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev), **extra)
         tokenizer = AutoTokenizer.from_pretrained(path)
         return cls(model.to(dev), tokenizer, **kwargs)
 

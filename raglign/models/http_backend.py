@@ -30,17 +30,18 @@ from raglign.config import StrictModel
 from raglign.errors import ConfigError, DataError
 from raglign.models.logprobs import echoed_answer_logprobs
 from raglign.models.registry import resolve_model
+from raglign.models.generator import GenerationParams
 from raglign.models.vllm_backend import (
-    DEFAULT_SAMPLING,
+    DEFAULT_PARAMS,
     OUTPUT_COLUMN,
     ProcessorSpec,
-    SamplingConfig,
     Task,
     check_columns,
     row_field,
     as_list,
     carry,
     row_documents,
+    sampling_params,
     tokenizer_for,
 )
 from raglign.prompts import (
@@ -103,23 +104,16 @@ def _choice(row: Mapping[str, Any]) -> Mapping[str, Any]:
     return choices[0]
 
 
-def _sampling_body(sampling: SamplingConfig) -> dict[str, Any]:
-    body = sampling.model_dump()
-    if body["seed"] is None:
-        del body["seed"]
-    return body
-
-
-def generation_spec(cfg: HttpConfig, task: Task = "qa", sampling: SamplingConfig | None = None,
+def generation_spec(cfg: HttpConfig, task: Task = "qa", params: GenerationParams | None = None,
                     documents_column: str = "candidates",
                     output_column: str | None = None) -> ProcessorSpec:
     """QA answers or RADIO rationales through ``cfg.endpoint``; adds ``prediction`` /
     ``rationale`` (or ``output_column``)."""
-    if task not in DEFAULT_SAMPLING:
-        raise ConfigError(f"task: expected one of {sorted(DEFAULT_SAMPLING)}, got {task!r}")
+    if task not in DEFAULT_PARAMS:
+        raise ConfigError(f"task: expected one of {sorted(DEFAULT_PARAMS)}, got {task!r}")
     chat = cfg.endpoint == "chat"
     config = processor_config(cfg, "/chat/completions" if chat else "/completions")
-    body = {"model": cfg.model, **_sampling_body(sampling or DEFAULT_SAMPLING[task])}
+    body = {"model": cfg.model, **sampling_params(params or DEFAULT_PARAMS[task])}
     source = None if chat else _tokenizer_source(cfg)
     column = output_column or OUTPUT_COLUMN[task]
 
@@ -183,9 +177,9 @@ def scoring_spec(cfg: HttpConfig, documents_column: str = "candidates",
 
 
 def generation_processor(cfg: HttpConfig, task: Task = "qa",
-                         sampling: SamplingConfig | None = None, **columns: str):
+                         params: GenerationParams | None = None, **columns: str):
     """A built processor for :func:`generation_spec`."""
-    return generation_spec(cfg, task, sampling, **columns).build()
+    return generation_spec(cfg, task, params, **columns).build()
 
 
 def scoring_processor(cfg: HttpConfig, **columns: str):

@@ -29,6 +29,10 @@ from filelock import FileLock
 from raglign.errors import RaglignError
 
 
+# Bumped whenever the conversion changes, so stale copies are never loaded.
+CONVERTED = "models-v2"
+
+
 def cache_dir() -> Path:
     """Where converted models live: ``$RAGLIGN_CACHE`` or ``~/.cache/raglign``."""
     return Path(os.environ.get("RAGLIGN_CACHE", Path.home() / ".cache" / "raglign"))
@@ -108,7 +112,7 @@ def resolve_model(name: str | os.PathLike) -> str:
 
 def gguf_to_hf(gguf_path: Path, cache_name: str) -> Path:
     """Convert a GGUF checkpoint once into ``cache_dir()/models/cache_name`` (bf16 safetensors)."""
-    target = cache_dir() / "models" / cache_name
+    target = cache_dir() / CONVERTED / cache_name
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -124,6 +128,10 @@ def gguf_to_hf(gguf_path: Path, cache_name: str) -> Path:
         state = {k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()}
         config = loaded.config
         config.dtype = "bfloat16"
+        # The GGUF quantisation entry must not survive into a dense checkpoint: loading with it
+        # would attach a GGUF quantizer to plain bf16 weights.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.load_state_dict(state, strict=False)
         model.tie_weights()

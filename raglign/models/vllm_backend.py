@@ -39,15 +39,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import PositiveInt
 
 from raglign.config import StrictModel
 from raglign.errors import ConfigError, DataError, RaglignError
+from raglign.models.generator import GenerationParams
 from raglign.models.logprobs import prompt_token_logprobs
 from raglign.models.registry import resolve_model
 from raglign.prompts import (
     answer_continuation,
     encode_piece,
+    encode_prompt,
     parallel_prompt,
     rationale_prompt,
 )
@@ -65,20 +67,11 @@ ENGINE_COLUMNS = frozenset({
 SOURCE = "generator request rows"
 
 
-class SamplingConfig(StrictModel):
-    """Sampling parameters, named as vLLM's ``SamplingParams`` and the OpenAI API name them."""
-
-    temperature: float = Field(0.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = 42
-    max_tokens: PositiveInt = 64
-
-
 # QA answers: greedy (the papers' reader runs at temperature 0), short.
-QA_SAMPLING = SamplingConfig(temperature=0.0, top_p=1.0, seed=42, max_tokens=64)
+QA_PARAMS = GenerationParams(max_new_tokens=64, temperature=0.0, top_p=1.0, seed=42)
 # RADIO's reference code: temperature 0.2, top_p 1, seed 42, at most 1000 tokens.
-RATIONALE_SAMPLING = SamplingConfig(temperature=0.2, top_p=1.0, seed=42, max_tokens=1000)
-DEFAULT_SAMPLING: dict[str, SamplingConfig] = {"qa": QA_SAMPLING, "rationale": RATIONALE_SAMPLING}
+RATIONALE_PARAMS = GenerationParams(max_new_tokens=1000, temperature=0.2, top_p=1.0, seed=42)
+DEFAULT_PARAMS: dict[str, GenerationParams] = {"qa": QA_PARAMS, "rationale": RATIONALE_PARAMS}
 OUTPUT_COLUMN: dict[str, str] = {"qa": "prediction", "rationale": "rationale"}
 
 
@@ -98,6 +91,19 @@ class VLLMConfig(StrictModel):
     max_model_len: PositiveInt | None = None
     dtype: str = "auto"
     engine_kwargs: dict[str, Any] = {}
+
+
+def sampling_params(params: GenerationParams) -> dict[str, Any]:
+    """:class:`~raglign.models.generator.GenerationParams` under the names vLLM's
+    ``SamplingParams`` and the OpenAI API share (``max_tokens``, ``temperature``, ``top_p``,
+    ``seed``, ``stop``); unset seed and empty stop are left out."""
+    out = {"max_tokens": params.max_new_tokens, "temperature": params.temperature,
+           "top_p": params.top_p}
+    if params.seed is not None:
+        out["seed"] = params.seed
+    if params.stop:
+        out["stop"] = list(params.stop)
+    return out
 
 
 def require_vllm() -> None:
@@ -171,12 +177,9 @@ def row_documents(row: Mapping[str, Any], column: str) -> list[tuple[str | None,
 
 def qa_token_ids(tokenizer: Any, row: Mapping[str, Any], documents_column: str) -> list[int]:
     """Token ids of the QA prompt, piece by piece (prefix, each document, suffix)."""
-    pp = parallel_prompt(tokenizer, row_field(row, "question"), row_documents(row, documents_column),
-                         as_list(row.get("choices")) or None)
-    ids = encode_piece(tokenizer, pp.prefix, first=True)
-    for doc in pp.docs:
-        ids += encode_piece(tokenizer, doc)
-    return ids + encode_piece(tokenizer, pp.suffix)
+    return encode_prompt(tokenizer, parallel_prompt(
+        tokenizer, row_field(row, "question"), row_documents(row, documents_column),
+        as_list(row.get("choices")) or None))
 
 
 def scoring_token_ids(tokenizer: Any, row: Mapping[str, Any], documents_column: str,
@@ -193,7 +196,7 @@ def scoring_token_ids(tokenizer: Any, row: Mapping[str, Any], documents_column: 
 def rationale_token_ids(tokenizer: Any, row: Mapping[str, Any]) -> list[int]:
     """Token ids of RADIO's rationale prompt for the row's question and gold answer."""
     text = rationale_prompt(tokenizer, row_field(row, "question"), row_field(row, "answer"))
-    return encode_piece(tokenizer, text, first=True)
+    return encode_prompt(tokenizer, text)
 
 
 def carry(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -226,16 +229,16 @@ class ProcessorSpec:
                                postprocess=self.postprocess)
 
 
-def generation_spec(cfg: VLLMConfig, task: Task = "qa", sampling: SamplingConfig | None = None,
+def generation_spec(cfg: VLLMConfig, task: Task = "qa", params: GenerationParams | None = None,
                     documents_column: str = "candidates",
                     output_column: str | None = None) -> ProcessorSpec:
     """QA answers (``task="qa"``) or RADIO rationales (``task="rationale"``) as a new column
     (``prediction`` / ``rationale`` by default)."""
-    if task not in DEFAULT_SAMPLING:
-        raise ConfigError(f"task: expected one of {sorted(DEFAULT_SAMPLING)}, got {task!r}")
+    if task not in DEFAULT_PARAMS:
+        raise ConfigError(f"task: expected one of {sorted(DEFAULT_PARAMS)}, got {task!r}")
     config = engine_config(cfg)
     source = config.model_source
-    params = (sampling or DEFAULT_SAMPLING[task]).model_dump()
+    sampling = sampling_params(params or DEFAULT_PARAMS[task])
     column = output_column or OUTPUT_COLUMN[task]
 
     def preprocess(row: dict) -> dict:
@@ -243,7 +246,7 @@ def generation_spec(cfg: VLLMConfig, task: Task = "qa", sampling: SamplingConfig
         tok = tokenizer_for(source)
         ids = (qa_token_ids(tok, row, documents_column) if task == "qa"
                else rationale_token_ids(tok, row))
-        return {"tokenized_prompt": ids, "sampling_params": dict(params)}
+        return {"tokenized_prompt": ids, "sampling_params": dict(sampling)}
 
     def postprocess(row: dict) -> dict:
         return {**carry(row), column: row["generated_text"]}
@@ -262,12 +265,12 @@ def scoring_spec(cfg: VLLMConfig, documents_column: str = "candidates",
     """
     config = engine_config(cfg)
     source = config.model_source
-    params = {"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": 1, "detokenize": False}
+    sampling = {"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": 1, "detokenize": False}
 
     def preprocess(row: dict) -> dict:
         check_columns(row)
         ids, start = scoring_token_ids(tokenizer_for(source), row, documents_column, answer_column)
-        return {"tokenized_prompt": ids, "sampling_params": dict(params),
+        return {"tokenized_prompt": ids, "sampling_params": dict(sampling),
                 "_raglign_answer_start": start}
 
     def postprocess(row: dict) -> dict:
@@ -284,10 +287,10 @@ def scoring_spec(cfg: VLLMConfig, documents_column: str = "candidates",
 
 
 def generation_processor(cfg: VLLMConfig, task: Task = "qa",
-                         sampling: SamplingConfig | None = None, **columns: str):
+                         params: GenerationParams | None = None, **columns: str):
     """A built processor for :func:`generation_spec` (needs vLLM: ``raglign[vllm]``)."""
     require_vllm()
-    return generation_spec(cfg, task, sampling, **columns).build()
+    return generation_spec(cfg, task, params, **columns).build()
 
 
 def scoring_processor(cfg: VLLMConfig, **columns: str):

@@ -97,7 +97,7 @@ class _GenerateActor:
         self.k, self.max_new_tokens = k, max_new_tokens
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raglign.prompts import qa_prompt
+        from raglign.prompts import parallel_prompt
 
         prompts = []
         for question, cands, order, choices in zip(batch["question"], batch["candidates"],
@@ -105,7 +105,7 @@ class _GenerateActor:
             cands = list(cands)
             docs = [(cands[i]["title"], cands[i]["text"]) for i in list(order)[: self.k]]
             choices = None if choices is None else [str(c) for c in choices]
-            prompts.append(qa_prompt(self.gen.tokenizer, str(question), docs, choices or None))
+            prompts.append(parallel_prompt(self.gen.tokenizer, str(question), docs, choices or None))
         predictions = self.gen.generate(prompts, max_new_tokens=self.max_new_tokens, stop=("\n",))
         return {"id": list(batch["id"]), "prediction": predictions}
 

@@ -222,7 +222,7 @@ def build_reranker(cfg: TrainConfig, device=None):
 def _param_groups(model, weight_decay: float) -> list[dict]:
     """No weight decay on biases and LayerNorm weights (the standard BERT fine-tuning recipe)."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},

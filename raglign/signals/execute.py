@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from raglign.models.generator import GenerationParams
-from raglign.prompts import qa_prompt, rationale_prompt
+from raglign.prompts import ParallelPrompt, parallel_prompt, rationale_prompt
 from raglign.signals.base import Generate, Request, Score
 from raglign.signals.judge import judge_prompt
 
@@ -24,10 +24,11 @@ def _choices(req) -> list[str] | None:
     return list(req.choices) if req.choices else None
 
 
-def render(req: Request, tokenizer) -> str:
-    """The rendered prompt of a request (the QA prompt for a :class:`Score`)."""
+def render(req: Request, tokenizer) -> str | ParallelPrompt:
+    """The rendered prompt of a request. QA prompts stay cut into pieces (prefix, documents,
+    suffix) so that the backend tokenises them exactly as the document engine does."""
     if isinstance(req, Score) or req.task == "qa":
-        return qa_prompt(tokenizer, req.question, list(req.docs), _choices(req))
+        return parallel_prompt(tokenizer, req.question, list(req.docs), _choices(req))
     if req.task == "rationale":
         return rationale_prompt(tokenizer, req.question, req.answer)
     if req.task == "judge":
