@@ -42,8 +42,6 @@ ROW = {"id": "q1", "question": "What is the capital of France?", "candidates": D
 QA = [
     ("What is the capital of France?", "Paris is the capital and largest city of France.",
      "Paris", "Tokyo"),
-    ("What colour is the sky on a clear day?", "On a clear day the sky is blue.", "Blue",
-     "Green"),
     ("Who wrote Hamlet?", "Hamlet is a tragedy written by William Shakespeare.",
      "William Shakespeare", "Isaac Newton"),
 ]
@@ -92,12 +90,13 @@ def smollm_dir() -> str:
 
 @pytest.fixture(scope="session")
 def transformers_server(tmp_path_factory, smollm_dir):
-    """``transformers serve`` pinned to the SmolLM2 directory, on CPU."""
+    """``transformers serve`` pinned to the SmolLM2 directory, on CPU in float32 (bf16 matmuls
+    are several times slower on CPUs without bf16 units)."""
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         pytest.skip("transformers serve needs the extra transformers[serving] (raglign[serving])")
     port = _free_port()
     cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", smollm_dir,
-           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"]
     with serve(cmd, port, tmp_path_factory.mktemp("tserve") / "log", "/health") as url:
         yield url
 
@@ -183,7 +182,7 @@ def test_generation_through_transformers_serve(ray_local, transformers_server, s
     import ray
 
     rows = [{"id": f"q{i}", "question": q, "candidates": [{"title": None, "text": d}],
-             "choices": None} for i, (q, d, _, _) in enumerate(QA[:2])]
+             "choices": None} for i, (q, d, _, _) in enumerate(QA)]
     params = GenerationParams(max_new_tokens=8)
     got = {}
     for endpoint in ("chat", "completions"):
@@ -194,8 +193,7 @@ def test_generation_through_transformers_serve(ray_local, transformers_server, s
         assert all(set(r) == set(rows[0]) | {"prediction"} for r in out)
     from transformers import AutoModelForCausalLM
 
-    # the server loads the directory with dtype "auto" (bf16): so does the reference
-    model = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype="auto").eval()
+    model = AutoModelForCausalLM.from_pretrained(smollm_dir, dtype=torch.float32).eval()
     for r in rows:
         ids = vb.qa_token_ids(smollm_tokenizer, r, "candidates")
         expected = _local_greedy(model, smollm_tokenizer, ids, 8)

@@ -119,7 +119,7 @@ def test_changed_settings_refuse_to_resume(tmp_path, groups_dir, tiny_bert_dir):
     cfg = _cfg(groups_dir, tiny_bert_dir, tmp_path)
     (tmp_path / "train_config.yaml").write_text(dump_yaml(cfg))
     _check_resumable(cfg.model_copy(update={"num_workers": 2, "max_steps": 3}), tmp_path / "train_config.yaml")
-    with pytest.raises(ConfigError, match=r"lr: 0.003 -> 0.001"):
+    with pytest.raises(ConfigError, match=r"lr: 0.01 -> 0.001"):
         _check_resumable(cfg.model_copy(update={"lr": 1e-3}), tmp_path / "train_config.yaml")
 
 

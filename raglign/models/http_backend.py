@@ -24,23 +24,23 @@ import os
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt
 
 from raglign.config import StrictModel
 from raglign.errors import ConfigError, DataError
+from raglign.models.generator import GenerationParams
 from raglign.models.logprobs import echoed_answer_logprobs
 from raglign.models.registry import resolve_model
-from raglign.models.generator import GenerationParams
 from raglign.models.vllm_backend import (
     DEFAULT_PARAMS,
     OUTPUT_COLUMN,
     ProcessorSpec,
     Task,
-    check_columns,
-    row_field,
     as_list,
     carry,
+    check_columns,
     row_documents,
+    row_field,
     sampling_params,
     tokenizer_for,
 )
@@ -68,7 +68,7 @@ class HttpConfig(StrictModel):
     tokenizer: str | None = None
     endpoint: Literal["chat", "completions"] = "chat"
     api_key_env: str | None = None
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = Field(default_factory=dict)
     qps: PositiveInt | None = None
     concurrency: PositiveInt = 1
     batch_size: PositiveInt = 16

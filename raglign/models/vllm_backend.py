@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import PositiveInt
+from pydantic import Field, PositiveInt
 
 from raglign.config import StrictModel
 from raglign.errors import ConfigError, DataError, RaglignError
@@ -90,7 +90,7 @@ class VLLMConfig(StrictModel):
     accelerator_type: str | None = None
     max_model_len: PositiveInt | None = None
     dtype: str = "auto"
-    engine_kwargs: dict[str, Any] = {}
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 def sampling_params(params: GenerationParams) -> dict[str, Any]:

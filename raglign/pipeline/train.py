@@ -425,7 +425,7 @@ seed {cfg.seed}, {cfg.num_workers} Ray Train worker(s). The full job configurati
 """
 
 
-def plot_loss_curve(history: list[dict], path: Path) -> None:
+def plot_loss_curve(history: list[dict], path: Path, title: str = "raglign train") -> None:
     """Loss (left axis) and learning rate (right axis) against the optimizer step."""
     import matplotlib
 
@@ -440,7 +440,7 @@ def plot_loss_curve(history: list[dict], path: Path) -> None:
     lr_ax = ax.twinx()
     lr_ax.plot(steps, [h["lr"] for h in history], color="tab:gray", linestyle="--", label="lr")
     lr_ax.set_ylabel("learning rate", color="tab:gray")
-    ax.set_title("raglign train")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -555,7 +555,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         shutil.rmtree(result.checkpoint.path, ignore_errors=True)
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
     if history:
-        plot_loss_curve(history, out / "loss_curve.png")
+        plot_loss_curve(history, out / "loss_curve.png",
+                        f"raglign train: {cfg.objective}, {cfg.kind}-encoder {Path(cfg.model).name}")
     total = history[-1]["total_steps"] if history else state["step"]
     return TrainResult(out, out / "model", state["step"], total,
                        history[-1]["loss"] if history else float("nan"),
