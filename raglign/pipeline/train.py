@@ -17,8 +17,9 @@ Checkpoints (every ``checkpoint_every`` steps, at ``max_steps`` and at the end) 
 optimizer, scheduler, step, metrics so far and every rank's RNG state (dropout), reported with
 ``ray.train.report``; Ray Train merges the ranks' files into one directory. Re-running with the
 same ``run_name``/``storage_path`` makes ``ray.train.get_checkpoint()`` return the latest one
-and training continues at its step with identical arithmetic (tests/test_train.py checks that
-an interrupted + resumed run ends with the same weights as an uninterrupted one).
+and training continues at its step with the same data order and optimizer state
+(tests/test_train.py: a 2-worker run stopped at ``max_steps`` and resumed ends with the weights
+and losses of an uninterrupted one-process run of the same global batches).
 """
 
 from __future__ import annotations
