@@ -76,13 +76,13 @@ def bench_dtype(name: str, path: Path, n: int, doc_tokens: int, ks: list[int]) -
     _, t = timed(lambda: engine.single_document(cache, answer))
     row("single", t_prefill + t, n, prefill_tokens + n * tail, t)
     for k in ks:
-        _, t = timed(lambda: engine.leave_one_out(cache, answer, k=k))
+        _, t = timed(lambda k=k: engine.leave_one_out(cache, answer, k=k))
         row(f"loo@{k}", t_prefill + t, k, prefill_tokens + k * tail, t)
     for k in ks:
         prompt_len = len(cache.prefix_ids) + sum(cache.doc_lens[:k]) + tail
-        _, t = timed(lambda: [engine.concat_logprob(question, docs[:k], answer,
-                                                    keep=[j for j in range(k) if j != i])
-                              for i in range(k)])
+        _, t = timed(lambda k=k: [engine.concat_logprob(question, docs[:k], answer,
+                                                        keep=[j for j in range(k) if j != i])
+                                  for i in range(k)])
         tokens = sum(prompt_len - cache.doc_lens[i] for i in range(k))
         row(f"concat@{k}", t, k, tokens)
     single = rows[0]["seconds"]
@@ -106,7 +106,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     ks = sorted({min(10, args.docs), args.docs})
     load_before = os.getloadavg()[0]
-    rows = [r for d in args.dtypes for r in bench_dtype(d, args.data, args.docs, args.doc_tokens, ks)]
+    rows = [r for d in args.dtypes
+            for r in bench_dtype(d, args.data, args.docs, args.doc_tokens, ks)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
     print("| dtype | method | seconds | of which suffix passes | seq/s | tok/s | vs single |")

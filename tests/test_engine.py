@@ -28,8 +28,8 @@ ANSWER = "Paris"
 DOCS = [
     ("Paris", "Paris is the capital and largest city of France, on the river Seine."),
     ("Banana", "Bananas are elongated, edible fruit."),
-    ("Football", "Association football is a team sport played between two teams of eleven "
-                 "players with a spherical ball."),
+    ("Football", ("Association football is a team sport played between two teams of eleven "
+                  "players with a spherical ball.")),
     ("Rome", "Rome is the capital city of Italy."),
 ]
 
@@ -179,8 +179,8 @@ def test_packed_masks_equal_one_at_a_time(arch, engine, cache):
     single = DocumentEngine(arch[1], arch[2], max_pack_tokens=1)  # forces one mask per pass
     alone = torch.stack([single.answer_logprob(cache, ANSWER, m, per_token=True) for m in masks])
     torch.testing.assert_close(packed, alone, atol=1e-4, rtol=0)
-    torch.testing.assert_close(engine.single_document(cache, ANSWER), alone[-cache.num_docs:].sum(-1),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(engine.single_document(cache, ANSWER),
+                               alone[-cache.num_docs:].sum(-1), atol=1e-4, rtol=0)
 
 
 # (7) attention mass: a distribution, equal to a direct eager computation ---------------------
@@ -278,11 +278,11 @@ def test_real_smollm2_parallel_and_single_document():
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m"), dtype=torch.float32)
     eng = DocumentEngine(model, load_tokenizer("smollm2-135m"))
-    docs = [("Banana", "Bananas are elongated, edible fruit produced by several kinds of large "
-                       "herbaceous flowering plants."),
+    docs = [("Banana", ("Bananas are elongated, edible fruit produced by several kinds of large "
+                        "herbaceous flowering plants.")),
             ("Paris", "Paris is the capital and most populous city of France."),
-            ("Association football", "Association football, more commonly known as football or "
-                                     "soccer, is a team sport played between two teams.")]
+            ("Association football", ("Association football, more commonly known as football "
+                                      "or soccer, is a team sport played between two teams."))]
     one = eng.answer_logprob(eng.prepare(QUESTION, [docs[1]]), ANSWER)
     torch.testing.assert_close(one, eng.concat_logprob(QUESTION, [docs[1]], ANSWER),
                                atol=1e-3, rtol=0)

@@ -4,9 +4,10 @@ Every LLM signal in raglign is a likelihood of the gold answer under some choice
 (one document, all but one, a soft G-Rerank mask, a chosen subset) or the answer's attention on
 the documents. With parallel prefill, one set of document keys/values serves all of them:
 
-1. ``prefix | doc_1 … doc_n | suffix`` come from :func:`raglign.prompts.parallel_prompt`, and every
-   piece (and the answer) is tokenised separately with :func:`raglign.prompts.encode_piece`, exactly
-   as the generator backends score the concatenated prompt.
+1. ``prefix | doc_1 … doc_n | suffix`` come from :func:`raglign.prompts.parallel_prompt`, and
+   every piece (and the answer) is tokenised separately with
+   :func:`raglign.prompts.encode_piece`, exactly as the generator backends score the
+   concatenated prompt.
 2. The prefix is encoded once, at positions ``0 … P-1``. Each document is encoded as a
    continuation of the prefix at positions ``P … P+L_i-1`` -- all documents start at the same
    position, none sees another -- and its keys/values (rotary already applied) are cached without
@@ -31,7 +32,7 @@ Public API (all log-probabilities are natural-log, summed over answer tokens unl
     engine.subset_logprob(cache, answer, keep) -> Tensor []       # log p(a | q, {d_j : j in keep})
     engine.attention_mass(cache, answer, mask=None, per_layer=False) -> Tensor [n] # sums to 1
     engine.concat_logprob(question, documents, answer, keep=None, choices=None,
-                          per_token=False) -> Tensor []           # exact reference, no engine tricks
+                          per_token=False) -> Tensor []           # the exact reference
 
 ``documents`` are ``(title, text)`` pairs in retrieval order; masks are floats in [0, 1] over the
 documents (1 = visible, 0 = removed exactly, in between = G-Rerank's soft mask). A mask that

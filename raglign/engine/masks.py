@@ -33,7 +33,8 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor 
     """
     if window is not None:
         allowed = allowed & ((q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)) < window)
-    visible = torch.zeros((), dtype=dtype, device=allowed.device) if bias is None else bias.to(dtype)
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    visible = zero if bias is None else bias.to(dtype)
     return torch.where(allowed, visible, torch.finfo(dtype).min).unsqueeze(1)
 
 
@@ -54,7 +55,8 @@ def log_mask(masks: torch.Tensor, eps: float = DEFAULT_EPS) -> tuple[torch.Tenso
     return masks > 0, torch.log(work.clamp_min(eps))
 
 
-def keep_mask(num_docs: int, keep: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def keep_mask(num_docs: int, keep: Sequence[int],
+              dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A hard ``[num_docs]`` mask with ones at ``keep`` (a chosen subset, e.g. an RRPO state)."""
     mask = torch.zeros(num_docs, dtype=dtype)
     if len(keep):
