@@ -7,7 +7,14 @@ exactly as with the real weights; the ``integration`` marker is for tests that n
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -109,3 +116,76 @@ def tiny_bert_dir(tmp_path_factory, minilm_tokenizer):
     BertModel(cfg).save_pretrained(path)
     minilm_tokenizer.save_pretrained(path)
     return path
+
+
+# ----------------------------------------------------------------------------- servers
+# OpenAI-compatible servers on loopback (tests/test_http_backend.py, tests/test_label_llm.py):
+# started once per session, stopped by pid; a test skips when the server package is missing.
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(cmd: list[str], port: int, log: Path, ready_path: str, timeout: float = 180):
+    """Start ``cmd``, wait until ``GET ready_path`` answers 200, yield the /v1 base URL, stop it."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> str:
+    from raglign.models.registry import resolve_model
+
+    return resolve_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def transformers_server(tmp_path_factory, smollm_dir):
+    """``transformers serve`` pinned to the SmolLM2 directory, on CPU in float32 (bf16 matmuls
+    are several times slower on CPUs without bf16 units)."""
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        pytest.skip("transformers serve needs the extra transformers[serving] (raglign[serving])")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", smollm_dir,
+           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", "--dtype", "float32"]
+    with serve(cmd, port, tmp_path_factory.mktemp("tserve") / "log", "/health") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """llama.cpp's OpenAI server (llama-cpp-python) on the packaged SmolLM2 Q4_1 GGUF."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama.cpp's server needs the extra llama-cpp-python[server]")
+    from raglign.models.registry import _smollm2_gguf
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(_smollm2_gguf()),
+           "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+           "--n_ctx", "512", "--n_threads", "2", "--logits_all", "true", "--verbose", "false"]
+    with serve(cmd, port, tmp_path_factory.mktemp("llama") / "log", "/v1/models") as url:
+        yield url

@@ -73,7 +73,7 @@ def register(sub) -> None:
     p.add_argument("--generator", help="LLM: packaged short name, local dir, .gguf or hub id")
     p.add_argument("--encoder", help="sentence encoder for rationale_score (default minilm-l6)")
     p.add_argument("--context", choices=["parallel", "concat"])
-    p.add_argument("--backend", choices=["transformers", "vllm"])
+    p.add_argument("--backend", choices=["transformers", "vllm", "http"])
     p.add_argument("--dtype", help="auto | bfloat16 | float16 | float32")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--answer-alias", dest="answer_alias", choices=["best", "first"])

@@ -14,8 +14,9 @@ Data flow (one Ray Dataset, streaming)::
 * Rows without candidates or answers are not labelled: they go to ``_rejects.jsonl`` with the
   reason, and the summary counts them.
 
-Signals express their LLM work as backend-neutral requests (:mod:`raglign.signals.base`), so a
-``ray.data.llm`` path can execute them; ``backend: vllm`` is refused until that path exists.
+Signals express their LLM work as backend-neutral requests (:mod:`raglign.signals.base`), so
+``backend: vllm`` and ``backend: http`` run the same signals through ``ray.data.llm`` processors
+(:mod:`raglign.pipeline.label_llm`), except those that read the model's internals.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 from raglign.config import JobConfig, StrictModel
 from raglign.errors import ConfigError
 from raglign.gumbel.options import SamplingWeightOptions
+from raglign.models.http_backend import HttpConfig
+from raglign.models.vllm_backend import VLLMConfig
 from raglign.pipeline.shards import (COUNTS_COL, REJECT_COL, Shard, ShardCollector, ShardStore,
                                      plan_shards, read_shard)
 from raglign.signals import SIGNALS
@@ -77,6 +80,38 @@ class DpaOptions(StrictModel):
     correct: Literal["subem", "em"] = "subem"
 
 
+class LabelVLLMOptions(VLLMConfig):
+    """``vllm:`` — :class:`~raglign.models.vllm_backend.VLLMConfig`; ``model`` defaults to the
+    job's ``generator``."""
+
+    model: str | None = None
+
+
+class LabelHttpOptions(HttpConfig):
+    """``http:`` — :class:`~raglign.models.http_backend.HttpConfig`; ``model`` (the name sent
+    to the server) and ``tokenizer`` (renders prompts locally) default to the job's
+    ``generator``."""
+
+    model: str | None = None
+
+
+# Fields of the backend blocks that change speed or transport, never the labels.
+BACKEND_RUNTIME_FIELDS = {
+    "vllm": {"batch_size", "concurrency", "accelerator_type"},
+    "http": {"api_key_env", "headers", "qps", "concurrency", "batch_size", "max_retries"},
+}
+
+# Why a signal cannot run on a ray.data.llm backend (checked under the config below).
+ENGINE_ONLY = {
+    "attention": "reads the answer tokens' attention weights",
+    "gumbel_weight": "learns document weights through differentiable masked attention",
+    "answer_logprob": "scores in context: parallel with masked attention over a shared prefill "
+                      "(set context: concat to score ordinary prompts through the backend)",
+    "loo_logprob": "scores in context: parallel with masked attention over a shared prefill "
+                   "(set context: concat to score ordinary prompts through the backend)",
+}
+
+
 class SignalEvalOptions(StrictModel):
     """The signal-evaluation table written after labelling (rows with gold documents only)."""
 
@@ -98,7 +133,9 @@ class LabelConfig(JobConfig):
     signals: list[str] = Field(min_length=1)
     generator: str
     encoder: str = "minilm-l6"
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["transformers", "vllm", "http"] = "transformers"
+    vllm: LabelVLLMOptions = LabelVLLMOptions()
+    http: LabelHttpOptions | None = None
     context: Literal["parallel", "concat"] = "parallel"
     dtype: str = "auto"
     device: str = "auto"
@@ -130,17 +167,27 @@ class LabelConfig(JobConfig):
 
     @model_validator(mode="after")
     def _signals_fit_backend(self):
-        if self.backend == "vllm":
-            raise ValueError("backend 'vllm' is not wired into the labelling job yet (the "
-                             "ray.data.llm processors live in raglign.models.vllm_backend); "
-                             "use backend: transformers with gpus_per_actor for GPUs")
+        if self.backend != "transformers":
+            if self.backend == "http" and self.http is None:
+                raise ValueError("backend 'http' needs an http: block with at least base_url "
+                                 "(an OpenAI-compatible server ending in /v1)")
+            for name in self.signals:
+                if "engine" in SIGNALS[name].needs(self):
+                    why = ENGINE_ONLY.get(name, "needs the parallel-prefill engine")
+                    raise ValueError(
+                        f"signal {name!r} cannot run on backend {self.backend!r}: it {why}, and "
+                        "vLLM and OpenAI-compatible servers expose neither attention internals "
+                        "nor masked attention; use backend: transformers for it")
         for name in self.signals:
             SIGNALS[name].check(self)
         return self
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that determines the labels (for the output manifest)."""
-        return self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS))
+        exclude: dict[str, Any] = {f: True for f in RUNTIME_FIELDS}
+        for block, runtime in BACKEND_RUNTIME_FIELDS.items():
+            exclude[block] = runtime if block == self.backend else True
+        return self.model_dump(mode="json", exclude=exclude)
 
 
 def load_label_config(path: str | None = None, overrides: Mapping[str, Any] | None = None,
@@ -299,7 +346,12 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
     if todo:
         collector = ShardCollector(store, todo, sum(s.rows for s in todo), progress)
         with ray_session(cfg.ray):
-            _label_shards_ray(cfg, todo, collector)
+            if cfg.backend == "transformers":
+                _label_shards_ray(cfg, todo, collector)
+            else:
+                from raglign.pipeline.label_llm import label_shards_llm
+
+                label_shards_llm(cfg, todo, collector, progress)
         if not collector.finished():
             raise RuntimeError(f"labelling ended with unfinished shards: {sorted(collector.pending)}")
     elapsed = time.monotonic() - started
