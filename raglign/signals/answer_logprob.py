@@ -11,19 +11,12 @@ the two are the same prompt, so they agree to float tolerance.
 
 from __future__ import annotations
 
-from raglign.signals.base import Item, Labels, Score, Signal, require_parallel
+from raglign.signals.base import Item, Labels, LikelihoodSignal, Score
 
 
-class AnswerLogprob(Signal):
+class AnswerLogprob(LikelihoodSignal):
     name = "answer_logprob"
     summary = "log p(answer | question, d_i), each document alone (PDist / REPLUG / EMDR)"
-
-    def needs(self, cfg):
-        return {"engine"} if cfg.context == "parallel" else {"generator"}
-
-    def check(self, cfg):
-        if cfg.context == "parallel":
-            require_parallel(self, cfg)
 
     def requests(self, item: Item, cfg):
         if cfg.context == "parallel":

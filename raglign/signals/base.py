@@ -150,6 +150,18 @@ def require_parallel(signal: Signal, cfg: LabelConfig) -> None:
                           f"on backend 'transformers' only (got backend {cfg.backend!r})")
 
 
+class LikelihoodSignal(Signal):
+    """An answer likelihood under some documents: read from the document engine with
+    ``context: parallel``, or scored as ordinary concatenated prompts by any generator backend."""
+
+    def needs(self, cfg: LabelConfig) -> set[str]:
+        return {"engine"} if cfg.context == "parallel" else {"generator"}
+
+    def check(self, cfg: LabelConfig) -> None:
+        if cfg.context == "parallel":
+            require_parallel(self, cfg)
+
+
 def row_seed(seed: int, row_id: str) -> int:
     """A per-row sampling seed derived from the job seed, so a row's sampled output is the same
     whichever rows share its batch, and a resumed job reproduces it."""

@@ -13,19 +13,12 @@ document each); ``context: concat`` writes the K-1 remaining documents into an o
 
 from __future__ import annotations
 
-from raglign.signals.base import Item, Labels, Score, Signal, require_parallel
+from raglign.signals.base import Item, Labels, LikelihoodSignal, Score
 
 
-class LeaveOneOut(Signal):
+class LeaveOneOut(LikelihoodSignal):
     name = "loo_logprob"
     summary = "log p(answer | question, top-K without d_i); null below rank K (LOOP)"
-
-    def needs(self, cfg):
-        return {"engine"} if cfg.context == "parallel" else {"generator"}
-
-    def check(self, cfg):
-        if cfg.context == "parallel":
-            require_parallel(self, cfg)
 
     def requests(self, item: Item, cfg):
         if cfg.context == "parallel":
