@@ -42,7 +42,6 @@ class JobConfig(StrictModel):
 # job name → "module:ClassName"; imported lazily so `raglign --help` stays fast.
 JOBS: dict[str, str] = {
     "eval": "raglign.pipeline.evaluate:EvalConfig",
-    "grerank-train": "raglign.gumbel.train:GumbelTrainConfig",
     "demo": "raglign.pipeline.demo:DemoConfig",
     "label": "raglign.pipeline.label:LabelConfig",
     "mine": "raglign.pipeline.mine:MineConfig",

@@ -11,6 +11,9 @@ written by a labelling stage (``rationale_score``, ``answer_logprob``, ``loo_log
   sampling index is fixed and remains unchanged across methods").
 * **soft targets** for KL distillation (PDist, LOOP, ADist, REPLUG): a softmax with temperature
   over the signal of the first ``k`` candidates.
+* **LM log-probabilities** for EMDR² and REPLUG's own loss: the raw ``log p(a | q, d_k)``
+  (``answer_logprob``) of the first ``k`` candidates, untransformed, since those objectives
+  apply their own softmax / marginal (and a β = 0.01 target would underflow to zeros).
 
 Plain Python and numpy: the functions map over rows, so a Ray Data ``map_batches`` or a plain
 loop can call them alike. Rows that cannot yield a group are returned as rejects with a reason,
@@ -264,6 +267,28 @@ def soft_targets(row: Mapping[str, Any], signal: str, temperature: float, k: int
     return softmax(-scores if negate else scores, temperature).tolist()
 
 
+def _over_first_k(rows: Iterable[Mapping[str, Any]], k: int | None, on_short: str, source: str,
+                  values: Any) -> Mined:
+    """``{"id", "question", "docs"} | values(row, k)`` for every row with at least ``k``
+    candidates (all when None); shorter rows are rejects or, with ``on_short="error"``, a
+    :class:`DataError`."""
+    if on_short not in ("reject", "error"):
+        raise ValueError(f"on_short must be 'reject' or 'error', got {on_short!r}")
+    records, rejects = [], []
+    for row in rows:
+        rid, cands = row.get("id"), row.get("candidates") or []
+        kk = len(cands) if k is None else k
+        if kk < 1 or len(cands) < kk:
+            reason = f"too few candidates: {len(cands)} < k={max(kk, 1)}"
+            if on_short == "error":
+                raise DataError(source, rid, "candidates", reason)
+            rejects.append({"id": rid, "reason": reason})
+            continue
+        records.append({"id": rid, "question": row.get("question"),
+                        "docs": [_doc(c) for c in cands[:kk]], **values(row, kk)})
+    return Mined(records, rejects)
+
+
 def mine_targets(rows: Iterable[Mapping[str, Any]], method: str, temperature: float | None = None,
                  k: int | None = None, on_short: Literal["reject", "error"] = "reject",
                  source: str = "rows") -> Mined:
@@ -275,24 +300,34 @@ def mine_targets(rows: Iterable[Mapping[str, Any]], method: str, temperature: fl
     """
     if method not in TARGETS:
         raise ValueError(f"unknown distillation method {method!r}; known: {', '.join(TARGETS)}")
-    if on_short not in ("reject", "error"):
-        raise ValueError(f"on_short must be 'reject' or 'error', got {on_short!r}")
     spec = TARGETS[method]
     temperature = spec.temperature if temperature is None else temperature
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    records, rejects = [], []
-    for row in rows:
-        rid, cands = row.get("id"), row.get("candidates") or []
-        kk = len(cands) if k is None else k
-        if kk < 1 or len(cands) < kk:
-            reason = f"too few candidates: {len(cands)} < k={max(kk, 1)}"
-            if on_short == "error":
-                raise DataError(source, rid, "candidates", reason)
-            rejects.append({"id": rid, "reason": reason})
-            continue
-        target = soft_targets(row, spec.field, temperature, kk, negate=spec.sign < 0, source=source)
-        records.append({"id": rid, "question": row.get("question"),
-                        "docs": [_doc(c) for c in cands[:kk]], "target": target,
-                        "method": method, "temperature": temperature})
-    return Mined(records, rejects)
+    return _over_first_k(rows, k, on_short, source, lambda row, kk: {
+        "target": soft_targets(row, spec.field, temperature, kk, negate=spec.sign < 0,
+                               source=source),
+        "method": method, "temperature": temperature})
+
+
+# The labelled field that holds log p(a | q, d_k), one document at a time.
+LM_LOGPROB_FIELD = "answer_logprob"
+
+
+def mine_lm_logprobs(rows: Iterable[Mapping[str, Any]], k: int | None = None,
+                     on_short: Literal["reject", "error"] = "reject",
+                     source: str = "rows") -> Mined:
+    """EMDR² / REPLUG rows ``{"id", "question", "docs", "lm_logprob", "signal"}``.
+
+    ``lm_logprob[i]`` is candidate i's labelled ``answer_logprob`` as it is, for the first
+    ``k`` candidates in candidate order (the retriever's top-k, as for soft targets). A
+    missing or non-numeric value is a :class:`DataError` naming the row and
+    ``candidates[i].answer_logprob``; rows with fewer than ``k`` candidates are rejected (or
+    raise, with ``on_short="error"``).
+    """
+    def values(row, kk):
+        head = {"id": row.get("id"), "candidates": (row.get("candidates") or [])[:kk]}
+        return {"lm_logprob": candidate_scores(head, LM_LOGPROB_FIELD, source).tolist(),
+                "signal": LM_LOGPROB_FIELD}
+
+    return _over_first_k(rows, k, on_short, source, values)

@@ -14,6 +14,11 @@ accumulation. The two must divide ``batch_size``.
 cluster (for debugging with pdb, and for fast tests). It writes no intermediate checkpoints and
 cannot resume; everything else — data order, objective, export — is the same code.
 
+``objective: gumbel`` (G-Rerank, Algorithm 1) trains on canonical rows (question, answers,
+candidates: ``raglign data convert`` or ``retrieve`` output) instead of mined rows: the loss is
+the gold answer's NLL under a frozen generator that reads the candidates through a relaxed
+top-k mask of the reranker's scores. Its settings live in the ``gumbel:`` block.
+
 This module imports no torch or Ray, so ``raglign --help`` and config validation stay fast.
 """
 
@@ -22,28 +27,53 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
-from raglign.config import JobConfig
+from raglign.config import JobConfig, StrictModel
 
 # Fields that may change between a run and its resumption: they affect where and how fast the
 # job runs, not what it computes (the update is defined over global batches, see above).
 RESUMABLE_FIELDS = frozenset({"ray", "num_workers", "use_gpu", "cpus_per_worker", "max_steps",
                               "max_failures", "log_every", "checkpoint_every", "keep_checkpoints"})
-# Names of raglign.objectives.OBJECTIVES, repeated here to keep torch out of config validation;
-# tests/test_train.py checks the two stay equal.
-OBJECTIVE_NAMES = ("infonce", "supervised", "kl", "replug", "emdr")
+# Names of raglign.objectives.OBJECTIVES (losses of the reranker's scores and one per-document
+# field of mined rows), repeated here to keep torch out of config validation; tests/test_train.py
+# checks the two stay equal.
+SCORE_OBJECTIVES = ("infonce", "supervised", "kl", "replug", "emdr")
+# Objectives whose loss runs a frozen generator over the candidates (raglign.pipeline.train_gumbel).
+LM_OBJECTIVES = ("gumbel",)
+OBJECTIVE_NAMES = SCORE_OBJECTIVES + LM_OBJECTIVES
 # InfoNCE's temperature when none is given: cross-encoder logits are used as they are (tau = 1,
 # FlagEmbedding's reranker recipe); cosine scores in [-1, 1] need a sharp tau (FlagEmbedding's
 # embedder default 0.02) or the softmax over a group stays nearly uniform.
 DEFAULT_TEMPERATURE = {"cross": 1.0, "bi": 0.02}
 
 
+class GumbelOptions(StrictModel):
+    """G-Rerank's Algorithm 1 (paper: tau 0.5, kappa 1.0, k = the generator's k2 = 5, n = k1 = 20).
+
+    ``dtype: auto`` loads the frozen generator in bfloat16 where the device supports it (CUDA
+    with bf16, or CPU), float16 on older GPUs; it only runs forward passes, so bf16 halves its
+    memory and the document caches' at no cost to the reranker's float32 training.
+    """
+
+    generator: str = Field("smollm2-135m", description="frozen LLM: packaged name, dir or hub id")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    n: PositiveInt = Field(20, description="candidates per question (the first n; fewer if absent)")
+    k: PositiveInt = Field(5, description="subset size of the relaxed top-k mask")
+    tau: float = Field(0.5, gt=0)
+    kappa: float = Field(1.0, gt=0)
+    noise: bool = Field(True, description="False is the paper's 'w/o Gumbel' ablation")
+    samples: PositiveInt = Field(1, description="Gumbel masks averaged per query (1 = paper)")
+    answer_alias: Literal["best", "first"] = Field(
+        "best", description="which gold alias the loss scores (raglign.signals.base.pick_answer)")
+
+
 class TrainConfig(JobConfig):
     """Fine-tune a cross- or bi-encoder reranker on mined groups or soft targets with Ray Train."""
 
     job: Literal["train"] = "train"
-    data: str = Field(description="Parquet dir from `raglign mine` (groups or target rows)")
+    data: str = Field(description="Parquet dir from `raglign mine` (groups or target rows); "
+                                  "canonical rows with candidates for objective gumbel")
     output: str = Field(description="where model/, metrics.jsonl and loss_curve.png go")
     model: str = "minilm-l6"
     kind: Literal["cross", "bi"] = "cross"
@@ -73,12 +103,27 @@ class TrainConfig(JobConfig):
     log_every: int = Field(default=10, ge=1)
     run_name: str = "train"
     storage_path: str | None = None  # Ray Train storage; None: <output>/ray; s3://… on clusters
+    gumbel: GumbelOptions | None = None  # objective gumbel only; defaults filled in for it
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gumbel_defaults(cls, data):
+        # objective gumbel without a gumbel: block runs with the paper's settings; filled in
+        # before validation so that train_config.yaml records them.
+        if isinstance(data, dict) and data.get("objective") == "gumbel" and data.get("gumbel") is None:
+            data = {**data, "gumbel": {}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.objective not in OBJECTIVE_NAMES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVE_NAMES)}, "
                              f"got {self.objective!r}")
+        if self.gumbel is not None and self.objective != "gumbel":
+            raise ValueError("the gumbel block applies to objective 'gumbel' only")
+        if self.objective == "gumbel" and self.temperature is not None:
+            raise ValueError("objective 'gumbel' takes no score temperature: the mask's "
+                             "sharpness is gumbel.kappa / gumbel.tau")
         if self.in_batch_negatives and (self.objective != "infonce" or self.kind != "bi"):
             raise ValueError("in_batch_negatives needs objective 'infonce' and kind 'bi' (a "
                              "cross-encoder would score batch_size times more pairs)")

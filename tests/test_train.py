@@ -20,7 +20,7 @@ import torch
 
 from raglign.config import JOBS, load_job, validate
 from raglign.errors import ConfigError, DataError
-from raglign.training_config import OBJECTIVE_NAMES, TrainConfig
+from raglign.training_config import SCORE_OBJECTIVES, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ["apple", "river", "piano", "tiger", "copper", "violet", "harbor", "candle", "meadow",
@@ -83,7 +83,7 @@ def _cfg(data: str, model: str, output: Path, **kw) -> TrainConfig:
 def test_objective_names_match_the_table_and_job_is_registered():
     from raglign.objectives import OBJECTIVES
 
-    assert tuple(OBJECTIVES) == OBJECTIVE_NAMES
+    assert tuple(OBJECTIVES) == SCORE_OBJECTIVES
     assert JOBS["train"] == "raglign.training_config:TrainConfig"
 
 

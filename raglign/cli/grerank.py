@@ -8,6 +8,9 @@
 * ``report DIR`` — that table again for a labelled directory.
 * ``ablation DATA OUT --generator NAME`` — max mask weight per step with and without the Gumbel
   noise (``ablation.json`` + ``ablation.png``).
+
+Training a reranker with the G-Rerank loss (Algorithm 1) is ``raglign train`` with
+``objective: gumbel`` (jobs/train_grerank_hotpotqa.yaml).
 """
 
 from __future__ import annotations
@@ -101,27 +104,6 @@ def _ablation(args) -> int:
     return 0
 
 
-def _train(args) -> int:
-    from raglign.config import load_job, validate
-    from raglign.gumbel.train import GumbelTrainConfig, train_gumbel
-
-    fields = {f: getattr(args, f) for f in ("data", "output", "model", "kind", "generator", "n",
-                                             "k", "batch_size", "lr", "epochs", "max_steps",
-                                             "limit", "num_workers", "torch_threads", "seed")
-              if getattr(args, f, None) is not None}
-    if args.no_noise:
-        fields["noise"] = False
-    if args.config:
-        cfg = load_job(args.config, fields)
-        if not isinstance(cfg, GumbelTrainConfig):
-            raise ConfigError(f"{args.config}: job {cfg.job!r} is not grerank-train")
-    else:
-        cfg = validate(GumbelTrainConfig, {"job": "grerank-train", **fields}, "command line")
-    summary = train_gumbel(cfg)
-    print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=2))
-    return 0
-
-
 def _add_options(p, init_default: str) -> None:
     g = p.add_argument_group("Algorithm 2 (paper: tau 0.5, kappa 1.0, k 5)")
     g.add_argument("--steps", type=int, help="Adam steps per question (default 30)")
@@ -178,18 +160,3 @@ def register(sub) -> None:
     a.add_argument("--torch-threads", dest="torch_threads", type=int)
     _add_options(a, "normal")
     a.set_defaults(func=_ablation)
-
-    t = gsub.add_parser("train", help="train a reranker end to end through the frozen LLM "
-                        "(Algorithm 1, Ray Train)")
-    t.add_argument("data", nargs="?", help="canonical rows with candidates and answers")
-    t.add_argument("output", nargs="?", help="run directory (model/, metrics.json)")
-    t.add_argument("--config", help="a grerank-train job YAML (jobs/train_grerank_*.yaml)")
-    t.add_argument("--model", help="reranker to fine-tune (default minilm-l6)")
-    t.add_argument("--kind", choices=["cross", "bi"])
-    t.add_argument("--generator", help="frozen LLM (default smollm2-135m)")
-    for flag, typ in (("--n", int), ("--k", int), ("--batch-size", int), ("--lr", float),
-                      ("--epochs", int), ("--max-steps", int), ("--limit", int),
-                      ("--num-workers", int), ("--torch-threads", int), ("--seed", int)):
-        t.add_argument(flag, dest=flag[2:].replace("-", "_"), type=typ)
-    t.add_argument("--no-noise", dest="no_noise", action="store_true")
-    t.set_defaults(func=_train)

@@ -1,5 +1,5 @@
-"""``raglign mine``: training groups (RADIO's top-k shifted by N) or distillation soft targets
-from a labelled directory."""
+"""``raglign mine``: training groups (RADIO's top-k shifted by N), distillation soft targets or
+EMDR / REPLUG log-probability rows from a labelled directory."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def _mine(args) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("mine", help="labelled candidates → training groups or soft targets")
+    p = sub.add_parser("mine", help="labelled candidates → training groups, soft targets or "
+                                    "LM log-probability rows")
     p.add_argument("input", nargs="?", help="a labelled directory (raglign label output)")
     p.add_argument("output", nargs="?", help="where part-00000.parquet and _summary.json go")
     p.add_argument("--config", help="a mine job YAML; flags override it")
@@ -34,7 +35,11 @@ def register(sub) -> None:
     p.add_argument("--alpha", type=float, help="mix the signal with the retrieval score")
     p.add_argument("--targets", choices=["pdist", "loop", "adist", "replug"],
                    help="soft targets instead of groups")
+    p.add_argument("--lm-logprobs", dest="lm_logprobs", action="store_const", const=True,
+                   help="rows of raw answer_logprob per candidate (lm_logprob) for the emdr and "
+                        "replug objectives, instead of groups")
     p.add_argument("--temperature", type=float, help="target temperature (default 0.01)")
-    p.add_argument("--k", type=int, help="targets over the first k candidates (default all)")
+    p.add_argument("--k", type=int, help="targets / lm_logprob rows over the first k "
+                                         "candidates (default all)")
     p.add_argument("--limit", type=int, help="only the first N rows")
     p.set_defaults(func=_mine, descending=None)

@@ -3,7 +3,8 @@
 Each module holds one loss (``infonce``, ``kl``, ``emdr``, ``supervised``); :data:`OBJECTIVES`
 is the one name → loss table that ``TrainConfig.objective`` validates against and the trainer
 dispatches through. (``gumbel`` is G-Rerank's mask, whose loss needs the generator; it is
-trained by ``raglign.gumbel``, not through this table.) An entry names the row field that carries its per-document supervision
+``raglign train``'s ``objective: gumbel`` via :mod:`raglign.pipeline.train_gumbel`, not an entry
+of this table.) An entry names the row field that carries its per-document supervision
 (what ``raglign mine`` writes) and adapts the batch to the loss's signature, so adding an
 objective is one module plus one line here.
 """

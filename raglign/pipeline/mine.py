@@ -8,7 +8,11 @@ Two outputs, both through :mod:`raglign.mining` (the maths lives there; this mod
   all methods. Rows: ``{id, question, docs: [positive, *negatives], labels: [1, 0, …],
   negative_ranks, signal, alpha}`` — what the InfoNCE objective reads.
 * **soft targets** (``targets: pdist | loop | adist | replug``): softmax(±field / T) over the
-  first ``k`` candidates. Rows: ``{id, question, docs, target, method, temperature}``.
+  first ``k`` candidates. Rows: ``{id, question, docs, target, method, temperature}`` — what
+  the ``kl`` objective reads.
+* **LM log-probabilities** (``lm_logprobs: true``): each of the first ``k`` candidates' labelled
+  ``answer_logprob`` as it is. Rows: ``{id, question, docs, lm_logprob, signal}`` — what the
+  ``emdr`` and ``replug`` objectives read.
 
 ``loo_logprob`` ranks ascending for groups (a document whose removal lowers the answer's
 likelihood most is the most useful). Mining is light arithmetic, so it runs in this process; the
@@ -29,13 +33,21 @@ from pydantic import Field, PositiveInt, model_validator
 from raglign.config import JobConfig
 from raglign.data.io import read_rows, write_table_atomic
 from raglign.errors import ConfigError
-from raglign.mining import TARGETS, flatten_group, mine_groups, mine_targets
+from raglign.mining import (
+    LM_LOGPROB_FIELD,
+    TARGETS,
+    flatten_group,
+    mine_groups,
+    mine_lm_logprobs,
+    mine_targets,
+)
 
 ASCENDING_SIGNALS = {"loo_logprob"}
 
 
 class MineConfig(JobConfig):
-    """Groups (``signal``) or soft targets (``targets``) from a labelled directory."""
+    """Groups (``signal``), soft targets (``targets``) or LM log-probability rows
+    (``lm_logprobs``) from a labelled directory."""
 
     job: Literal["mine"] = "mine"
     input: str
@@ -48,19 +60,25 @@ class MineConfig(JobConfig):
     alpha: float | None = Field(None, ge=0.0, le=1.0)
     descending: bool | None = None
     targets: Literal["pdist", "loop", "adist", "replug"] | None = None
+    lm_logprobs: bool = False  # EMDR / REPLUG rows: raw answer_logprob of the first k candidates
     temperature: float | None = Field(None, gt=0)
     k: PositiveInt | None = None
     limit: PositiveInt | None = None
 
     @model_validator(mode="after")
     def _one_mode(self):
-        if (self.signal is None) == (self.targets is None):
-            raise ValueError("give exactly one of signal (training groups) or targets "
-                             f"({' | '.join(TARGETS)}: soft targets)")
-        if self.targets and (self.fixed_ranks or self.alpha is not None or self.m):
-            raise ValueError("n/m/fixed_ranks/alpha apply to groups (signal), not to targets")
+        if (self.signal is not None) + (self.targets is not None) + self.lm_logprobs != 1:
+            raise ValueError("give exactly one of signal (training groups), targets "
+                             f"({' | '.join(TARGETS)}: soft targets) or lm_logprobs "
+                             "(EMDR / REPLUG rows)")
+        if not self.signal and (self.fixed_ranks or self.alpha is not None or self.m):
+            raise ValueError("n/m/fixed_ranks/alpha apply to groups (signal), not to targets "
+                             "or lm_logprobs")
         if self.signal and (self.temperature is not None or self.k is not None):
             raise ValueError("temperature/k apply to soft targets (targets), not to groups")
+        if self.lm_logprobs and self.temperature is not None:
+            raise ValueError("temperature applies to soft targets; lm_logprobs writes the raw "
+                             "log-probabilities (the objective's beta / temperature apply later)")
         return self
 
 
@@ -76,10 +94,13 @@ def run_mine(cfg: MineConfig, progress=print) -> dict:
         records = [{**flatten_group(g), "negative_ranks": g["negative_ranks"],
                     "signal": g["signal"], "alpha": g["alpha"]} for g in groups]
         kind = f"groups by {cfg.signal}"
-    else:
+    elif cfg.targets:
         records, rejects = mine_targets(rows, cfg.targets, temperature=cfg.temperature, k=cfg.k,
                                         source=source)
         kind = f"{cfg.targets} soft targets"
+    else:
+        records, rejects = mine_lm_logprobs(rows, k=cfg.k, source=source)
+        kind = f"lm_logprob rows (from {LM_LOGPROB_FIELD})"
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     if not records:
@@ -87,7 +108,8 @@ def run_mine(cfg: MineConfig, progress=print) -> dict:
                           f"rejected (first reason: {rejects[0]['reason'] if rejects else '-'})")
     write_table_atomic(pa.Table.from_pylist(records), out / "part-00000.parquet")
     _write_text(out / "_rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
-    summary = {"job": "mine", "kind": "groups" if cfg.signal else "targets",
+    summary = {"job": "mine",
+               "kind": "groups" if cfg.signal else "targets" if cfg.targets else "lm_logprobs",
                "signal": cfg.signal, "targets": cfg.targets, "rows_in": len(rows),
                "records": len(records), "rows_rejected": len(rejects),
                "config": cfg.model_dump(mode="json", exclude={"ray"})}

@@ -1,4 +1,5 @@
-"""``raglign train``: fine-tune a reranker with Ray Train (DDP) on mined groups or soft targets.
+"""``raglign train``: fine-tune a reranker with Ray Train (DDP) on mined groups or soft targets,
+or end to end through a frozen generator (``objective: gumbel``, :mod:`.train_gumbel`).
 
 Flow: the driver reads and validates the training rows (errors name file, record and field
 before any worker starts), puts them once into the object store as an Arrow table, and runs a
@@ -28,6 +29,7 @@ import contextlib
 import json
 import math
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -100,9 +102,11 @@ def load_train_table(path: str, objective: str, limit: int | None = None,
         table = pq.read_table(f)
         for col in ("question", "docs", field):
             if col not in table.column_names:
-                hint = {"labels": "groups (`raglign mine groups`)",
-                        "target": "soft targets (`raglign mine targets`)",
-                        "lm_logprob": "rows with per-document answer log-probabilities"}[field]
+                hint = {"labels": "groups (`raglign mine LABELLED OUT --signal FIELD`)",
+                        "target": "soft targets (`raglign mine LABELLED OUT --targets "
+                                  "pdist|loop|adist|replug`)",
+                        "lm_logprob": "per-document answer log-probabilities (`raglign mine "
+                                      "LABELLED OUT --lm-logprobs`)"}[field]
                 raise DataError(src, None, col, f"missing column; objective {objective!r} trains "
                                                 f"on {hint}; columns are {table.column_names}")
         for col in ("method", "signal", "temperature"):
@@ -158,8 +162,9 @@ def micro_batch_rows(perm: list[int], step_in_epoch: int, cfg: TrainConfig, rank
 class Batch:
     queries: list[str]
     docs: list[list[str]]  # padded with "" to the longest group
-    values: Any  # torch.Tensor [b, n] float32
+    values: Any  # torch.Tensor [b, n] float32; None for a table without values (gumbel)
     mask: Any  # torch.Tensor [b, n] bool, False on padding
+    columns: dict[str, list]  # every column of the rows, unpadded (gumbel: answer, titles …)
 
 
 def make_batch(table: pa.Table, rows: list[int]) -> Batch:
@@ -168,9 +173,12 @@ def make_batch(table: pa.Table, rows: list[int]) -> Batch:
     part = table.take(pa.array(rows, type=pa.int64())).to_pydict()
     n = max(len(d) for d in part["docs"])
     docs = [d + [""] * (n - len(d)) for d in part["docs"]]
-    values = torch.tensor([v + [0.0] * (n - len(v)) for v in part["values"]], dtype=torch.float32)
+    values = None
+    if "values" in part:
+        values = torch.tensor([v + [0.0] * (n - len(v)) for v in part["values"]],
+                              dtype=torch.float32)
     mask = torch.tensor([[True] * len(d) + [False] * (n - len(d)) for d in part["docs"]])
-    return Batch(part["question"], docs, values, mask)
+    return Batch(part["question"], docs, values, mask, part)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +238,50 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+@dataclass
+class ScoreLoss:
+    """A loss of the reranker's scores against the rows' per-document values (OBJECTIVES)."""
+
+    objective: Any  # raglign.objectives.Objective
+    params: Any  # raglign.objectives.LossParams
+    device: Any
+
+    def __call__(self, model, batch: Batch):
+        scores = model(batch.queries, batch.docs)
+        return self.objective.loss(scores.float(), batch.values.to(self.device),
+                                   batch.mask.to(self.device), self.params)
+
+    def pop_metrics(self) -> dict[str, float]:
+        return {}
+
+
+def build_loss(cfg: TrainConfig, device):
+    """``loss(model, batch) -> scalar`` for the configured objective, built once per worker;
+    ``pop_metrics()`` gives its own per-window metrics (gumbel: document-cache MiB)."""
+    if cfg.objective == "gumbel":
+        from raglign.pipeline.train_gumbel import GumbelLoss
+
+        return GumbelLoss(cfg.gumbel, device)
+    from raglign.objectives import OBJECTIVES, LossParams
+
+    return ScoreLoss(OBJECTIVES[cfg.objective],
+                     LossParams(cfg.score_temperature, cfg.beta, cfg.in_batch_negatives), device)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _memory_metrics(device) -> dict[str, float]:
+    import torch
+
+    out = {"peak_rss_mib": peak_rss_mib()}
+    if device.type == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The Ray Train loop
 # ---------------------------------------------------------------------------------------------
@@ -280,8 +332,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch.distributed as dist
     from transformers import get_linear_schedule_with_warmup
 
-    from raglign.objectives import OBJECTIVES, LossParams
-
     cfg = TrainConfig.model_validate(loop_config["config"])
     local = cfg.num_workers == 0  # Ray Train local mode: the table was passed as is
     table: pa.Table = loop_config["table"] if local else ray.get(loop_config["table"])
@@ -289,6 +339,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
 
+    compute_loss = build_loss(cfg, device)  # gumbel: loads the frozen generator
     reranker = build_reranker(cfg, device)
     ddp_kwargs = {"find_unused_parameters": True} if cfg.kind == "bi" else {}  # unused pooler
     model = ray.train.torch.prepare_model(_scorer_class()(reranker, cfg.in_batch_negatives),
@@ -306,8 +357,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(f"[raglign train] resumed from step {step}/{total}", flush=True)
     stop_at = total if cfg.max_steps is None else min(total, cfg.max_steps)
-    objective = OBJECTIVES[cfg.objective]
-    params = LossParams(cfg.score_temperature, cfg.beta, cfg.in_batch_negatives)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=cfg.bf16 and device.type == "cuda")
 
@@ -321,14 +370,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         step_loss, step_pairs = 0.0, 0
         for a in range(cfg.grad_accumulation):
             batch = make_batch(table, micro_batch_rows(perm, in_epoch, cfg, rank, world, a))
-            values, mask = batch.values.to(device), batch.mask.to(device)
             sync = world == 1 or a == cfg.grad_accumulation - 1
             with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
-                scores = model(batch.queries, batch.docs)
-                loss = objective.loss(scores.float(), values, mask, params)
+                loss = compute_loss(model, batch)
             (loss / cfg.grad_accumulation).backward()
             step_loss += loss.item() / cfg.grad_accumulation
-            step_pairs += int(mask.sum())
+            step_pairs += int(batch.mask.sum())
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(reranker.parameters(), cfg.max_grad_norm)
         optimizer.step()
@@ -340,19 +387,27 @@ def train_loop_per_worker(loop_config: dict) -> None:
         checkpoint_now = step % cfg.checkpoint_every == 0 or step == stop_at
         if step % cfg.log_every and not checkpoint_now:
             continue
-        stats = torch.tensor([window_loss, float(window_pairs)], dtype=torch.float64)
+        # On the device: NCCL (GPU workers) reduces CUDA tensors only.
+        stats = torch.tensor([window_loss, float(window_pairs)], dtype=torch.float64, device=device)
+        # Memory: the largest over the workers (peak RSS is monotone, so at a log step it is
+        # the peak of every step so far).
+        memory = {**_memory_metrics(device), **compute_loss.pop_metrics()}
+        peaks = torch.tensor(list(memory.values()), dtype=torch.float64, device=device)
         if world > 1:
             dist.all_reduce(stats)
+            dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
         elapsed = time.perf_counter() - t0
         metrics = {"step": step, "epoch": round(step / steps_per_epoch, 4),
                    "loss": stats[0].item() / (window_steps * world),
                    "lr": scheduler.get_last_lr()[0], "pairs_per_s": stats[1].item() / elapsed,
-                   "total_steps": total}
+                   "total_steps": total,
+                   **{k: round(v, 1) for k, v in zip(memory, peaks.tolist())}}
         history.append(metrics)
         if rank == 0:
             print(f"[raglign train] step {step}/{total} epoch {metrics['epoch']:.2f} "
                   f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                  f"pairs/s {metrics['pairs_per_s']:.1f}", flush=True)
+                  f"pairs/s {metrics['pairs_per_s']:.1f} peak RSS {metrics['peak_rss_mib']:.0f} MiB",
+                  flush=True)
         if checkpoint_now and (step == stop_at or not local):
             # Local mode keeps no intermediate checkpoints (it cannot resume) and hands the
             # final directory itself to the driver, so that one must outlive this function.
@@ -377,9 +432,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 def model_card(cfg: TrainConfig, provenance: dict[str, list], n_rows: int, step: int, total: int,
                history: list[dict]) -> str:
     """A README.md for the exported model: data, signal, objective, hyper-parameters, result."""
-    from raglign.objectives import OBJECTIVES
-
-    obj = OBJECTIVES[cfg.objective]
+    data, objective = _card_objective(cfg)
     library = "sentence-transformers"
     if cfg.kind == "cross":
         usage = ("from sentence_transformers import CrossEncoder\n\nmodel = CrossEncoder(\"PATH\")\n"
@@ -401,10 +454,9 @@ tags: [reranker, {cfg.kind}-encoder, raglign, {cfg.objective}]
 Fine-tuned from `{cfg.model}` with `raglign train` to rank documents by what a RAG generator
 needs.
 
-- **Data**: `{cfg.data}` — {n_rows} training queries, per-document field `{obj.field}`
-- **Signal** (from the mined rows): {signal}
-- **Objective**: `{cfg.objective}` — {obj.description}; score temperature
-  {cfg.score_temperature}{f", beta {cfg.beta}" if cfg.objective == "replug" else ""}
+- **Data**: `{cfg.data}` — {n_rows} training queries, {data}
+- **Signal** (from the training rows): {signal}
+- **Objective**: `{cfg.objective}` — {objective}
 - **Training**: {step} optimizer steps ({status}); {cfg.epochs} epochs of {total // cfg.epochs}
   steps; final loss {final:.4f}
 
@@ -424,6 +476,23 @@ seed {cfg.seed}, {cfg.num_workers} Ray Train worker(s). The full job configurati
 {dump_yaml(cfg).strip()}
 ```
 """
+
+
+def _card_objective(cfg: TrainConfig) -> tuple[str, str]:
+    """What the rows supervise and what the loss is, for the model card."""
+    if cfg.objective == "gumbel":
+        g = cfg.gumbel
+        loss = (f"G-Rerank: the gold answer's per-token NLL under the frozen generator "
+                f"`{g.generator}` ({g.dtype}) reading the candidates through a Gumbel relaxed "
+                f"top-{g.k} mask of the scores (tau {g.tau}, kappa {g.kappa}, noise {g.noise}, "
+                f"{g.samples} mask(s) per query)")
+        return f"gold answers (alias `{g.answer_alias}`) over the first {g.n} candidates", loss
+    from raglign.objectives import OBJECTIVES
+
+    obj = OBJECTIVES[cfg.objective]
+    beta = f", beta {cfg.beta}" if cfg.objective == "replug" else ""
+    return (f"per-document field `{obj.field}`",
+            f"{obj.description}; score temperature {cfg.score_temperature}{beta}")
 
 
 def plot_loss_curve(history: list[dict], path: Path, title: str = "raglign train") -> None:
@@ -510,7 +579,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) the training job and export ``OUTPUT/model``, metrics and loss curve."""
     from raglign.ray_session import ray_session
 
-    table, provenance = load_train_table(cfg.data, cfg.objective, cfg.limit)
+    if cfg.objective == "gumbel":
+        from raglign.pipeline.train_gumbel import load_gumbel_table
+
+        table, provenance = load_gumbel_table(cfg.data, cfg.gumbel, cfg.limit)
+    else:
+        table, provenance = load_train_table(cfg.data, cfg.objective, cfg.limit)
     if table.num_rows < cfg.batch_size:
         raise DataError(cfg.data, None, None, f"{table.num_rows} training rows, fewer than one "
                                               f"batch (batch_size {cfg.batch_size})")
