@@ -51,7 +51,7 @@ class DemoTraining(StrictModel):
 
 
 class DemoConfig(JobConfig):
-    """The demo's knobs; defaults finish in well under 30 minutes on a 2-core CPU."""
+    """The demo's knobs; one run on a shared 2-core CPU took 34.5 min (docs/benchmarks.md)."""
 
     job: Literal["demo"] = "demo"
     input: str = Field(default_factory=default_hotpotqa)
