@@ -226,9 +226,8 @@ def main() -> None:
     ap.add_argument("--loo-k", type=int, default=5, help="LOOP's K (the reader's k2)")
     ap.add_argument("--actors", type=int, default=2, help="labelling actors")
     ap.add_argument("--shard-rows", type=int, default=17, help="labelling shard size")
-    ap.add_argument("--label-batch-size", type=int, default=1,
-                    help="rows per LabelWorker call; keep it <= shards / actors, or Ray Data "
-                         "bundles the shards onto one actor")
+    ap.add_argument("--label-batch-size", type=int, default=8,
+                    help="rows a labelling actor labels at a time (each actor takes whole shards)")
     ap.add_argument("--train-workers", type=int, default=2,
                     help="Ray Train workers (the update is defined over global batches, so "
                          "this changes speed, not the result)")

@@ -201,8 +201,13 @@ def test_bad_inputs_are_reported(llama_gen):
         pick_dtype("fp8", torch.device("cpu"))
 
 
-def test_dtype_auto_and_stop_cut():
-    assert pick_dtype("auto", torch.device("cpu")) == torch.bfloat16
+def test_dtype_auto_and_stop_cut(monkeypatch):
+    # auto on CPU follows the CPU's native bf16 support, whatever machine runs the test.
+    for avx512_bf16, amx, expected in ((True, False, torch.bfloat16), (False, True, torch.bfloat16),
+                                       (False, False, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert pick_dtype("auto", torch.device("cpu")) == expected
     assert pick_dtype("float32", torch.device("cpu")) == torch.float32
     assert GenerationParams(stop="\n").stop == ("\n",)
     assert cut_at_stop("Paris.\nQuestion: x", ("Question:", "\n")) == "Paris."

@@ -12,13 +12,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from raglign.config import validate
 from raglign.data.io import read_rows, write_rows
 from raglign.data.schema import candidate, make_row
 from raglign.errors import ConfigError
-from raglign.pipeline.label import LabelConfig, label_in_process, run_label
+from raglign.pipeline.label import (LabelConfig, ShardWorker, label_in_process, map_shards,
+                                    run_label)
+from raglign.pipeline.shards import plan_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -140,3 +143,33 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_rows(ray_local, tmp_pat
     assert summary["counts"] == {"judge_outputs": 40,
                                  "judge_unparseable": sum(v is None for v in judged)}
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+class _PidWorker(ShardWorker):
+    """Tags each labelled row with the actor process that labelled it."""
+
+    def __init__(self, config: dict):
+        self.cfg = LabelConfig.model_validate(config)
+
+    def label(self, batch):
+        time.sleep(0.3)  # long enough for both actors to be asked for work
+        return batch.select(["id", "_shard"]).append_column(
+            "pid", pa.array([os.getpid()] * batch.num_rows, pa.int64()))
+
+
+def test_shards_spread_over_the_actor_pool_whatever_the_batch_size(ray_local, input_dir):
+    """Each actor call is one whole shard, so 5 shards reach both actors even with
+    ``batch_size`` 8 (before, the fused read + actor map bundled all shard descriptors up to
+    the batch size and sent them to one actor)."""
+    from ray import cloudpickle  # Ray's own copy pickles the actor class
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cfg = _cfg(input_dir, "unused", "unused", shard_rows=3, batch_size=8, actors=2)
+    shards = plan_shards(cfg.input, cfg.shard_rows, None)
+    rows = map_shards(cfg, shards, _PidWorker).take_all()
+    assert sorted(r["id"] for r in rows) == sorted(f"q{i}" for i in range(12))
+    pids_of = {}
+    for r in rows:
+        pids_of.setdefault(r["_shard"], set()).add(r["pid"])
+    assert len(pids_of) == 5 and all(len(p) == 1 for p in pids_of.values())
+    assert len(set().union(*pids_of.values())) == 2

@@ -86,12 +86,7 @@ def _done(t0: float, what: str) -> None:
 
 def label_shard_rows(n_rows: int, actors: int) -> int:
     """Rows per labelling shard: two shards per actor, so every actor gets work (Ray Data hands
-    one shard to one actor) and the last shard to finish is short.
-
-    The label job runs with ``batch_size: 1``: Ray Data bundles the *shard descriptors* up to
-    the worker's batch size before they reach an actor, so with 8 (the default) and 4 shards
-    all of them went to one actor. Both signals work one row at a time anyway (per-row
-    rationale seeds, one prefill per row), so nothing is lost."""
+    one shard to one actor) and the last shard to finish is short."""
     return max(1, -(-n_rows // (2 * actors)))
 
 
@@ -158,7 +153,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
                 encoder=cfg.encoder, signals=["rationale_score", "answer_logprob"],
                 rationale={"max_new_tokens": cfg.rationale_max_new_tokens}, actors=cfg.actors,
                 cpus_per_actor=1, shard_rows=label_shard_rows(len(train_rows), cfg.actors),
-                batch_size=1, ray=cfg.ray))
+                ray=cfg.ray))
         _done(t, f"-> {labelled}")
 
         t = _stage(5, total, "mine RADIO groups (top-k shifted by 3) and PDist targets")

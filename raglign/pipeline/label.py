@@ -2,12 +2,12 @@
 
 Data flow (one Ray Dataset, streaming)::
 
-    unfinished shards ──read (tasks)──▶ rows ──LabelWorker (actor pool)──▶ labelled rows
+    unfinished shard descriptors ──LabelWorker (actor pool; reads its shard)──▶ labelled rows
         ──driver: reassemble per shard──▶ part-<shard>.parquet + _shards/<shard>.json
 
 * Each :class:`LabelWorker` actor loads its models once in ``__init__`` (generator, document
-  engine, sentence encoder — only those the chosen signals need) and labels ``batch_size`` rows
-  per call: it gathers every signal's requests for the batch, runs them deduplicated and
+  engine, sentence encoder — only those the chosen signals need), takes one shard per call
+  and labels it ``batch_size`` rows at a time: it gathers every signal's requests for the batch, runs them deduplicated and
   batched (:mod:`raglign.signals.execute`), then lets each signal turn results into values.
 * Output is committed per input shard by :class:`raglign.pipeline.shards.ShardStore`, so a
   killed job resumes where it stopped and ends with exactly the rows of an uninterrupted run.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -306,8 +307,47 @@ def set_torch_threads(cfg: LabelConfig) -> int:
     return n
 
 
-class LabelWorker:
-    """Ray Data actor: loads the models once, labels ``pyarrow`` batches."""
+class ShardWorker(ABC):
+    """Base of the Ray Data label actors: each call gets shard *descriptors*, reads each shard
+    inside the actor and labels it in slices of ``batch_size`` rows (:meth:`label`).
+
+    Why not a read task followed by an actor map: Ray Data fuses the cheap read map into the
+    actor map after it, and the fused operator bundles its inputs -- the one-row descriptors --
+    up to the actor's batch size, so with 4 shards and ``batch_size: 8`` every shard went to
+    one actor and the pool shrank to 1. Mapped with ``batch_size=1`` (:func:`map_shards`),
+    each call is one shard and shards spread over the pool.
+    """
+
+    cfg: LabelConfig
+
+    @abstractmethod
+    def label(self, batch: pa.Table) -> pa.Table:
+        """Labelled rows of ``batch`` (at most ``batch_size`` rows of one shard)."""
+
+    def __call__(self, descriptors: pa.Table) -> pa.Table:
+        out = []
+        for d in descriptors.to_pylist():
+            table = read_shard(Shard(**d))
+            step = self.cfg.batch_size
+            out += [self.label(table.slice(i, step)) for i in range(0, table.num_rows, step)]
+        return pa.concat_tables(out, promote_options="permissive")
+
+
+def map_shards(cfg: LabelConfig, todo: list[Shard], worker: type[ShardWorker],
+               **constructor_kwargs):
+    """A streaming Dataset of labelled rows: one shard per call of a ``worker`` actor pool."""
+    import ray
+
+    ds = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
+    gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
+    return ds.map_batches(
+        worker, fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), **constructor_kwargs},
+        batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.actors),
+        num_cpus=cfg.cpus_per_actor, **gpus)
+
+
+class LabelWorker(ShardWorker):
+    """Ray Data actor: loads the models once, labels whole shards."""
 
     def __init__(self, config: dict):
         self.cfg = LabelConfig.model_validate(config)
@@ -315,15 +355,10 @@ class LabelWorker:
         self.signals = [SIGNALS[n] for n in self.cfg.signals]
         self.models = load_models(self.cfg, model_needs(self.signals, self.cfg))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def label(self, batch: pa.Table) -> pa.Table:
         schema = output_schema(batch.schema, self.signals)
         rows = label_rows(batch.to_pylist(), self.signals, self.models, self.cfg)
         return pa.Table.from_pylist(rows, schema=schema)
-
-
-def _read_shards(batch: pa.Table) -> pa.Table:
-    tables = [read_shard(Shard(**d)) for d in batch.to_pylist()]
-    return pa.concat_tables(tables, promote_options="permissive")
 
 
 # ------------------------------------------------------------------------------------- the job
@@ -374,21 +409,8 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
 
 
 def _label_shards_ray(cfg: LabelConfig, todo: list[Shard], collector: ShardCollector) -> None:
-    import ray
-
-    ds = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(_read_shards, batch_size=1, batch_format="pyarrow")
-    gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
-    ds = ds.map_batches(
-        LabelWorker,
-        fn_constructor_kwargs={"config": cfg.model_dump(mode="json")},
-        batch_size=cfg.batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        num_cpus=cfg.cpus_per_actor,
-        **gpus,
-    )
-    for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    for block in map_shards(cfg, todo, LabelWorker).iter_batches(batch_format="pyarrow",
+                                                                 batch_size=None):
         collector.add(block)
 
 

@@ -42,9 +42,10 @@ from raglign.models.registry import resolve_model
 from raglign.models.vllm_backend import ProcessorSpec
 from raglign.pipeline.label import (
     LabelConfig,
-    _read_shards,
+    ShardWorker,
     label_rows,
     load_models,
+    map_shards,
     model_needs,
     output_schema,
     prepare_item,
@@ -304,7 +305,7 @@ def gather(results, shards: list[Shard], store: ResultStore,
         store.write(name, {})
 
 
-class FinishWorker:
+class FinishWorker(ShardWorker):
     """Ray Data actor: turns a shard's gathered results into labels with the signals' own
     finishing code; loads only the encoder (rationale similarity), never the generator."""
 
@@ -326,7 +327,7 @@ class FinishWorker:
             out.update(self.cache[name])
         return out
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def label(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         results = self._results([r[SHARD_COL] for r in rows])
 
@@ -357,14 +358,7 @@ def label_shards_llm(cfg: LabelConfig, todo: list[Shard], collector: ShardCollec
         ds = ds.map_batches(_expand_shards, fn_kwargs={"config": config}, batch_size=1,
                             batch_format="pyarrow")
         gather(llm_stage(cfg)(ds), ask, store, progress)
-    ds = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
-    ds = ds.map_batches(_read_shards, batch_size=1, batch_format="pyarrow")
-    gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
-    ds = ds.map_batches(FinishWorker, fn_constructor_kwargs={"config": config,
-                                                             "results_dir": cfg.output},
-                        batch_size=cfg.batch_size, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-                        num_cpus=cfg.cpus_per_actor, **gpus)
+    ds = map_shards(cfg, todo, FinishWorker, results_dir=cfg.output)
     for block in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         collector.add(block)
     for s in todo:
