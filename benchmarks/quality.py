@@ -1,7 +1,7 @@
 """Quality benchmark: every reranker-training method on the demo's HotpotQA split, held-out only.
 
     raglign demo --output runs/demo                      # first: labels, split, RADIO, PDist
-    python benchmarks/quality.py --demo runs/demo --out runs/quality [--grerank]
+    python benchmarks/quality.py --demo runs/demo --out runs/quality [--methods loop,emdr,supervised,grerank]
 
 Methods (all start from the demo's base reranker, train with the demo's schedule on the demo's
 *training* questions and are evaluated on its *test* questions):
@@ -85,17 +85,16 @@ def prepare_data(demo: Path, out: Path, demo_cfg: dict, args) -> dict[str, Path]
         if not (p / "part-00000.parquet").exists():
             raise SystemExit(f"{p} is missing: run `raglign demo --output {demo}` first")
 
-    loo_dir = out / "labelled_loo"
-    t = time.monotonic()
-    summary = run_label(LabelConfig(
-        input=str(train_dir), output=str(loo_dir), generator=demo_cfg["generator"],
-        encoder=demo_cfg["encoder"], signals=["loo_logprob"], loo={"k": args.loo_k},
-        shard_rows=args.shard_rows, actors=args.actors, batch_size=args.label_batch_size,
-        cpus_per_actor=1), progress=lambda s: log(s))
-    log(f"loo_logprob labels: {summary['rows_out']} rows ({time.monotonic() - t:.0f}s)")
-
     data["loop"] = out / "mined" / "loop"
-    if not (data["loop"] / "part-00000.parquet").exists():
+    if "loop" in args.methods and not (data["loop"] / "part-00000.parquet").exists():
+        loo_dir = out / "labelled_loo"
+        t = time.monotonic()
+        summary = run_label(LabelConfig(
+            input=str(train_dir), output=str(loo_dir), generator=demo_cfg["generator"],
+            encoder=demo_cfg["encoder"], signals=["loo_logprob"], loo={"k": args.loo_k},
+            shard_rows=args.shard_rows, actors=args.actors, batch_size=args.label_batch_size,
+            cpus_per_actor=1), progress=lambda s: log(s))
+        log(f"loo_logprob labels: {summary['rows_out']} rows ({time.monotonic() - t:.0f}s)")
         run_mine(MineConfig(input=str(loo_dir), output=str(data["loop"]), targets="loop",
                             k=args.loo_k, temperature=demo_cfg["pdist_temperature"]),
                  progress=lambda s: log(s))
@@ -115,9 +114,8 @@ def train_models(demo: Path, out: Path, demo_cfg: dict, data: dict[str, Path], a
     from raglign.training_config import TrainConfig
 
     models = {m: demo / "train" / m / "model" for m in ("radio", "pdist")}
-    methods = ["loop", "emdr", "supervised"] + (["grerank"] if args.grerank else [])
     timings = {}
-    for method in methods:
+    for method in args.methods:
         run_dir = out / "train" / method
         models[method] = run_dir / "model"
         if models[method].exists():
@@ -219,8 +217,11 @@ def main() -> None:
     ap.add_argument("--readers", default=None,
                     help="comma-separated generators; the first reads every run, the others "
                          "the base ranking only (default: the demo's generator)")
-    ap.add_argument("--grerank", action="store_true", help="also train G-Rerank (objective "
-                    "gumbel: a frozen-LLM forward per step, the costliest method)")
+    ap.add_argument("--methods", default="loop,emdr,supervised",
+                    help="methods to train besides the demo's radio and pdist: any of "
+                         f"{','.join(m for m in TRAINED if m not in ('radio', 'pdist'))},grerank "
+                         "(G-Rerank, objective gumbel: a frozen-LLM forward per step, the "
+                         "costliest)")
     ap.add_argument("--grerank-epochs", type=int, default=1)
     ap.add_argument("--grerank-batch-size", type=int, default=2)
     ap.add_argument("--loo-k", type=int, default=5, help="LOOP's K (the reader's k2)")
@@ -237,6 +238,10 @@ def main() -> None:
     ap.add_argument("--json", default="docs/quality_hotpotqa.json",
                     help="also copy the results JSON here")
     args = ap.parse_args()
+    args.methods = args.methods.split(",")
+    known = {*TRAINED, "grerank"} - {"radio", "pdist"}
+    if set(args.methods) - known:
+        ap.error(f"--methods: unknown {sorted(set(args.methods) - known)}; known {sorted(known)}")
 
     from raglign.evaluate.report import bar_plot
     from raglign.ray_session import ray_session

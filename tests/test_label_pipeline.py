@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,13 @@ def test_shards_spread_over_the_actor_pool_whatever_the_batch_size(ray_local, in
         pids_of.setdefault(r["_shard"], set()).add(r["pid"])
     assert len(pids_of) == 5 and all(len(p) == 1 for p in pids_of.values())
     assert len(set().union(*pids_of.values())) == 2
+
+
+def test_a_shard_reports_progress_per_batch(input_dir, capsys):
+    cfg = _cfg(input_dir, "unused", "unused", shard_rows=5, batch_size=2)
+    shard = plan_shards(cfg.input, cfg.shard_rows, None)[0]
+    out = _PidWorker(cfg.model_dump(mode="json"))(pa.Table.from_pylist([asdict(shard)]))
+    assert out.column("id").to_pylist() == [f"q{i}" for i in range(5)]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        f"[label] {shard.name}: {n}/5 rows" for n in (2, 4, 5)]

@@ -327,9 +327,13 @@ class ShardWorker(ABC):
     def __call__(self, descriptors: pa.Table) -> pa.Table:
         out = []
         for d in descriptors.to_pylist():
-            table = read_shard(Shard(**d))
-            step = self.cfg.batch_size
-            out += [self.label(table.slice(i, step)) for i in range(0, table.num_rows, step)]
+            shard, started = Shard(**d), time.monotonic()
+            table, step = read_shard(shard), self.cfg.batch_size
+            for i in range(0, table.num_rows, step):
+                out.append(self.label(table.slice(i, step)))
+                if table.num_rows > step:  # progress inside a shard (Ray forwards actor stdout)
+                    print(f"[label] {shard.name}: {min(i + step, table.num_rows)}/"
+                          f"{table.num_rows} rows ({time.monotonic() - started:.0f}s)", flush=True)
         return pa.concat_tables(out, promote_options="permissive")
 
 
