@@ -51,7 +51,8 @@ class DemoTraining(StrictModel):
 
 
 class DemoConfig(JobConfig):
-    """The demo's knobs; one run on a shared 2-core CPU took 34.5 min (docs/benchmarks.md)."""
+    """The demo's knobs. One run took 38.6 min on a 2-core AVX2-only CPU in fp32, and 34.5 min
+    with the earlier one-actor defaults on an AVX-512-BF16 one (docs/benchmarks.md, "Main job")."""
 
     job: Literal["demo"] = "demo"
     input: str = Field(default_factory=default_hotpotqa)
