@@ -7,8 +7,9 @@ Data flow (one Ray Dataset, streaming)::
 
 * Each :class:`LabelWorker` actor loads its models once in ``__init__`` (generator, document
   engine, sentence encoder — only those the chosen signals need), takes one shard per call
-  and labels it ``batch_size`` rows at a time: it gathers every signal's requests for the batch, runs them deduplicated and
-  batched (:mod:`raglign.signals.execute`), then lets each signal turn results into values.
+  and labels it ``batch_size`` rows at a time: it gathers every signal's requests for the
+  batch, runs them deduplicated and batched (:mod:`raglign.signals.execute`), then lets each
+  signal turn results into values.
 * Output is committed per input shard by :class:`raglign.pipeline.shards.ShardStore`, so a
   killed job resumes where it stopped and ends with exactly the rows of an uninterrupted run.
 * Rows without candidates or answers are not labelled: they go to ``_rejects.jsonl`` with the
