@@ -26,13 +26,18 @@ def gflops(fn, flops: float, repeat: int) -> float:
     return flops * repeat / (time.perf_counter() - t) / 1e9
 
 
-def _matmul_rate(threads: int, queue=None) -> float:
-    """fp32 GFLOP/s of a question's-documents-sized matmul with ``threads`` torch threads."""
+def matmul_rate(rows: int, dtype=None, threads: int | None = None, queue=None) -> float:
+    """GFLOP/s of a ``rows x 576 x 1536`` matmul (SmolLM2's MLP input projection), fp32 unless
+    ``dtype``; ``threads`` sets torch's thread count first; ``queue`` receives the rate (for a
+    child process)."""
     import torch
 
-    torch.set_num_threads(threads)
-    x, w = torch.randn(1600, 576), torch.randn(1536, 576)
-    rate = gflops(lambda: torch.nn.functional.linear(x, w), 2 * 1600 * 576 * 1536, 60)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    dtype = dtype or torch.float32
+    x, w = torch.randn(rows, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
+    rate = gflops(lambda: torch.nn.functional.linear(x, w), 2 * rows * 576 * 1536,
+                  max(5, 2000 // rows))
     if queue is not None:
         queue.put(rate)
     return rate
@@ -45,14 +50,14 @@ def process_layouts() -> dict[str, float]:
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_matmul_rate, args=(1, queue)) for _ in range(2)]
+    procs = [ctx.Process(target=matmul_rate, args=(1600, None, 1, queue)) for _ in range(2)]
     for p in procs:
         p.start()
     rates = [queue.get() for _ in procs]
     for p in procs:
         p.join()
-    return {"1 process x 1 thread": round(_matmul_rate(1), 1),
-            "1 process x 2 threads": round(_matmul_rate(2), 1),
+    return {"1 process x 1 thread": round(matmul_rate(1600, threads=1), 1),
+            "1 process x 2 threads": round(matmul_rate(1600, threads=2), 1),
             "2 processes x 1 thread (sum)": round(sum(rates), 1)}
 
 
@@ -75,11 +80,9 @@ def main() -> None:
               "threads": args.threads, "matmul_gflops": {}, "prefill_tokens_per_s": {}}
     for dtype in (torch.float32, torch.bfloat16):
         name = str(dtype).removeprefix("torch.")
-        for rows in (1, 8, 200, 1600):  # decode step, small batch, one prompt, a question's documents
-            x, w = torch.randn(rows, 576, dtype=dtype), torch.randn(1536, 576, dtype=dtype)
-            rate = gflops(lambda: torch.nn.functional.linear(x, w), 2 * rows * 576 * 1536,
-                          max(5, 2000 // rows))
-            result["matmul_gflops"][f"{name} {rows}x576x1536"] = round(rate, 1)
+        # a decode step, a small batch, one prompt, a question's documents
+        for rows in (1, 8, 200, 1600):
+            result["matmul_gflops"][f"{name} {rows}x576x1536"] = round(matmul_rate(rows, dtype), 1)
         gen = TransformersGenerator.from_name(args.generator, dtype=dtype, device="cpu")
         ids = torch.randint(100, 1000, (1, args.tokens))
         with torch.inference_mode():
