@@ -1,8 +1,9 @@
 """Quality benchmark: every reranker-training method on the demo's HotpotQA split, held-out only.
 
     raglign demo --output runs/demo                      # first: labels, split, RADIO, PDist
-    python benchmarks/quality.py --demo runs/demo --out runs/quality \
-        [--methods loop,emdr,supervised,grerank]
+    python benchmarks/quality.py --demo runs/demo --out runs/quality [--methods M,...]
+
+``--methods`` picks from loop, emdr, supervised, grerank (default: all but grerank).
 
 Methods (all start from the demo's base reranker, train with the demo's schedule on the demo's
 *training* questions and are evaluated on its *test* questions):
