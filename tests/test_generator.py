@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from raglign.errors import ConfigError, DataError
+from raglign.models.batching import length_batches
 from raglign.models.generator import (
-    GenerationParams, TransformersGenerator, cut_at_stop, length_batches, pick_dtype)
+    GenerationParams, TransformersGenerator, cut_at_stop, pick_dtype)
 from raglign.prompts import (
     ParallelPrompt, answer_continuation, encode_piece, encode_prompt, parallel_prompt, qa_prompt,
     rationale_prompt)

@@ -67,6 +67,19 @@ def test_request_bodies_follow_the_openai_api(smollm_tokenizer):
         "echo": True, "logprobs": 1, "max_tokens": 1}
 
 
+def test_generator_interface_sends_rendered_prompts_to_completions():
+    from raglign.errors import ConfigError
+    from raglign.models.processor_generator import HttpGenerator
+
+    with pytest.raises(ConfigError, match="endpoint: completions"):
+        HttpGenerator(hb.HttpConfig(base_url="http://h/v1", model="m", tokenizer="smollm2-135m"))
+    gen = HttpGenerator(hb.HttpConfig(base_url="http://h/v1", model="m", tokenizer="smollm2-135m",
+                                      endpoint="completions"))
+    pre = gen.scoring_spec().preprocess(gen.scoring_request("Q: capital of France?\nA:", "Paris"))
+    assert pre["payload"]["prompt"] == "Q: capital of France?\nA:Paris"  # chat template: no space
+    assert pre["_raglign_answer_chars"] == 5
+
+
 def test_api_key_comes_from_the_environment(monkeypatch):
     from raglign.errors import ConfigError
 
@@ -127,6 +140,14 @@ def test_generation_through_transformers_serve(ray_local, transformers_server, s
         assert expected.strip()
         assert got["chat"][r["id"]] == expected
         assert got["completions"][r["id"]] == expected
+    # The same through the Generator interface: rendered prompts in, texts out, in order.
+    from raglign.models.processor_generator import HttpGenerator
+
+    gen = HttpGenerator(hb.HttpConfig(base_url=transformers_server, model=smollm_dir,
+                                      endpoint="completions", batch_size=2))
+    prompts = [qa_prompt(smollm_tokenizer, r["question"], [(None, r["candidates"][0]["text"])])
+               for r in rows]
+    assert gen.generate(prompts[::-1], params) == [got["chat"][r["id"]] for r in rows[::-1]]
 
 
 def _reference_scores(rows, tokenizer) -> list[float]:
@@ -166,4 +187,13 @@ def test_scoring_through_llama_cpp_server(ray_local, llama_server, smollm_tokeni
     assert max(abs(h - r) for h, r in zip(http, ref)) < 0.75, (http, ref)
     corr = torch.corrcoef(torch.tensor([http, ref]))[0, 1]
     assert corr > 0.9, (http, ref)
+    # The Generator interface sends the same texts: the same scores, per token, in order.
+    from raglign.models.processor_generator import HttpGenerator
+
+    prompts = [qa_prompt(smollm_tokenizer, r["question"], [(None, r["candidates"][0]["text"])])
+               for r in rows]
+    results = HttpGenerator(cfg).score(prompts, [r["answer"] for r in rows], per_token=True)
+    assert [x.logprob for x in results] == pytest.approx(http, abs=1e-5)
+    assert [list(x.token_logprobs) for x in results] == [
+        pytest.approx(out[r["id"]]["answer_token_logprobs"], abs=1e-5) for r in rows]
     print(json.dumps({"http": http, "reference": ref, "pearson": float(corr)}))

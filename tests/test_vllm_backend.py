@@ -142,8 +142,12 @@ def test_config_errors_name_the_field():
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
 def test_missing_vllm_says_how_to_install():
+    from raglign.models.processor_generator import VLLMGenerator
+
     with pytest.raises(RaglignError, match=r"install raglign\[vllm\]"):
         vb.scoring_processor(vb.VLLMConfig(model="smollm2-135m"))
+    with pytest.raises(RaglignError, match=r"install raglign\[vllm\]"):
+        VLLMGenerator(vb.VLLMConfig(model="smollm2-135m"))
 
 
 def test_build_processor_constructs_the_engine_stage(ray_local):
@@ -238,3 +242,77 @@ def test_scoring_rows_cross_ray_data(ray_local, tiny_llama, smollm_tokenizer):
         assert len(out["answer_token_logprobs"]) == len(
             tok(answer_continuation(tok, r["answer"]), add_special_tokens=False)["input_ids"])
         assert set(out) == set(r) | {"answer_logprob", "answer_token_logprobs"}
+
+
+# ----------------------------------------------------------------------------- Generator API
+def _engine_stand_in(scores: dict, texts: dict):
+    """What vLLMEngineStageUDF writes for each request, from precomputed per-ids results:
+    prompt_logprobs (scoring) or generated_text (generation)."""
+    from ray.llm._internal.batch.stages.vllm_engine_stage import vLLMOutputData
+
+    def stage(batch):
+        out = []
+        for data in batch["__data"]:
+            ids = tuple(data.pop("tokenized_prompt"))
+            params = data.pop("sampling_params")
+            if params.get("prompt_logprobs"):
+                res = vLLMOutputData(prompt="", prompt_token_ids=list(ids),
+                                     num_input_tokens=len(ids), prompt_logprobs=scores[ids])
+            else:
+                res = vLLMOutputData(prompt="", prompt_token_ids=list(ids),
+                                     num_input_tokens=len(ids), generated_text=texts[ids])
+            data.update(res.model_dump())
+            data.update(request_id=0, batch_uuid="b", time_taken_llm=0.0, params="")
+            out.append(data)
+        return {"__data": out}
+
+    return stage
+
+
+def test_vllm_generator_scores_equal_the_transformers_backend(ray_local, tiny_llama,
+                                                              smollm_tokenizer, monkeypatch):
+    """VLLMGenerator.score/generate through ray's real processor pieces around an engine
+    stand-in: the same token ids as TransformersGenerator, results in input order."""
+    from ray.llm._internal.batch.stages.vllm_engine_stage import _convert_logprob_dict
+
+    from raglign.models.generator import TransformersGenerator
+    from raglign.models.processor_generator import VLLMGenerator
+    from raglign.prompts import parallel_prompt
+
+    tok = smollm_tokenizer
+    monkeypatch.setattr(vb, "require_vllm", lambda: None)
+    gen = VLLMGenerator(vb.VLLMConfig(model="smollm2-135m", batch_size=2))
+    prompts = [parallel_prompt(tok, "What is the capital of France?",
+                               [("France", "Paris is the capital of France."), (None, "Berlin.")]),
+               rationale_prompt(tok, "Who wrote Hamlet?", "Shakespeare"),
+               parallel_prompt(tok, "Where is Berlin?", [(None, "Berlin is in Germany.")])]
+    answers = ["Paris", "Because the play says so", "Germany"]
+    scores, texts = {}, {}
+    for p, a in zip(prompts, answers):
+        req = gen.scoring_request(p, a)
+        scores[tuple(req["prompt_ids"])] = [
+            None if e is None else _convert_logprob_dict(e)
+            for e in vllm_prompt_logprobs(tiny_llama, tok, req["prompt_ids"])]
+        texts[tuple(gen.generation_request(p)["prompt_ids"])] = f"answer {len(texts)}\nmore"
+    stage = _engine_stand_in(scores, texts)
+
+    def apply(spec, ds):
+        proc = spec.build()
+        return ds.map(proc.preprocess).map_batches(stage, batch_size=2).map(proc.postprocess)
+
+    monkeypatch.setattr(gen, "apply", apply)
+    reference = TransformersGenerator(tiny_llama, tok).score(prompts, answers, per_token=True)
+    got = gen.score(prompts, answers, normalize=True, per_token=True)
+    for g, r in zip(got, reference):
+        assert g.num_tokens == r.num_tokens and g.normalized
+        assert g.logprob == pytest.approx(r.logprob, abs=1e-4)
+        assert g.token_logprobs == pytest.approx(r.token_logprobs, abs=1e-4)
+        assert g.value == pytest.approx(r.logprob / r.num_tokens, abs=1e-4)
+    assert gen.generate(prompts, max_new_tokens=8, stop=("\n",)) == [
+        "answer 0", "answer 1", "answer 2"]
+    spec = gen.generation_spec(vb.GenerationParams(max_new_tokens=8, stop=("\n",)))
+    assert spec.preprocess({"prompt_ids": [1, 2]})["sampling_params"] == {
+        "max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "stop": ["\n"]}
+    with pytest.raises(DataError, match="answer"):
+        gen.score(prompts[:1], [""])
+

@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from raglign.errors import ConfigError, DataError
+from raglign.models.batching import length_batches
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, encode_prompt
 
 Prompt = str | ParallelPrompt
@@ -155,26 +156,6 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_id: int, device: torch.device):
             mask[row, width - len(s):] = 1
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return ids.to(device), mask.to(device), pos.to(device)
-
-
-def length_batches(lengths: Sequence[int], batch_size: int, token_budget: int,
-                   extra_cost=None) -> Iterator[list[int]]:
-    """Indices grouped into micro-batches, longest first, each with at most ``batch_size`` rows
-    and ``rows * longest <= token_budget`` (a single over-long row still forms its own batch).
-    ``extra_cost(batch) -> bool`` may veto adding a row for another resource (logit memory)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batch: list[int] = []
-    for i in order:
-        candidate = batch + [i]
-        too_big = (len(candidate) > batch_size
-                   or len(candidate) * lengths[candidate[0]] > token_budget
-                   or (extra_cost is not None and not extra_cost(candidate)))
-        if batch and too_big:
-            yield batch
-            candidate = [i]
-        batch = candidate
-    if batch:
-        yield batch
 
 
 class _StopOnStrings(StoppingCriteria):

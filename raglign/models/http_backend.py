@@ -21,7 +21,7 @@ the postprocess reads ``http_response``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import Field, PositiveInt
@@ -112,28 +112,38 @@ def generation_spec(cfg: HttpConfig, task: Task = "qa", params: GenerationParams
     if task not in DEFAULT_PARAMS:
         raise ConfigError(f"task: expected one of {sorted(DEFAULT_PARAMS)}, got {task!r}")
     chat = cfg.endpoint == "chat"
-    config = processor_config(cfg, "/chat/completions" if chat else "/completions")
-    body = {"model": cfg.model, **sampling_params(params or DEFAULT_PARAMS[task])}
     source = None if chat else _tokenizer_source(cfg)
-    column = output_column or OUTPUT_COLUMN[task]
 
-    def preprocess(row: dict) -> dict:
-        check_columns(row)
+    def request(row: dict) -> dict:
         question = row_field(row, "question")
         if task == "rationale":
             answer = row_field(row, "answer")
             if chat:
                 text = RATIONALE_PROMPT.format(question=question, answer=answer)
-                return {"payload": {**body, "messages": [{"role": "user", "content": text}]}}
-            return {"payload": {**body, "prompt": rationale_prompt(tokenizer_for(source),
-                                                                   question, answer)}}
+                return {"messages": [{"role": "user", "content": text}]}
+            return {"prompt": rationale_prompt(tokenizer_for(source), question, answer)}
         docs = row_documents(row, documents_column)
         choices = as_list(row.get("choices")) or None
         if chat:
             reference = "".join(format_document(t, x) for t, x in docs)
-            return {"payload": {**body, "messages": qa_messages(question, reference, choices)}}
-        return {"payload": {**body, "prompt": qa_prompt(tokenizer_for(source), question, docs,
-                                                        choices)}}
+            return {"messages": qa_messages(question, reference, choices)}
+        return {"prompt": qa_prompt(tokenizer_for(source), question, docs, choices)}
+
+    return _generation_spec(cfg, params or DEFAULT_PARAMS[task], request,
+                            output_column or OUTPUT_COLUMN[task])
+
+
+def _generation_spec(cfg: HttpConfig, params: GenerationParams,
+                     request: Callable[[dict], dict], column: str) -> ProcessorSpec:
+    """POSTs ``request(row)`` (``messages`` for chat, ``prompt`` for completions) with the
+    sampling settings; the returned text goes to ``column``."""
+    chat = cfg.endpoint == "chat"
+    config = processor_config(cfg, "/chat/completions" if chat else "/completions")
+    body = {"model": cfg.model, **sampling_params(params)}
+
+    def preprocess(row: dict) -> dict:
+        check_columns(row)
+        return {"payload": {**body, **request(row)}}
 
     def postprocess(row: dict) -> dict:
         choice = _choice(row)
@@ -148,16 +158,25 @@ def scoring_spec(cfg: HttpConfig, documents_column: str = "candidates",
     """log p(answer | QA prompt) from ``/v1/completions`` with ``echo``: adds ``answer_logprob``
     and ``answer_token_logprobs``. The server tokenises the prompt text itself, so token
     boundaries follow its tokenizer on the joined text (see docs/generators.md)."""
-    config = processor_config(cfg, "/completions")
     source = _tokenizer_source(cfg)
+
+    def texts(row: dict) -> tuple[str, str]:
+        tok = tokenizer_for(source)
+        prompt = qa_prompt(tok, row_field(row, "question"), row_documents(row, documents_column),
+                           as_list(row.get("choices")) or None)
+        return prompt, answer_continuation(tok, row_field(row, answer_column))
+
+    return _scoring_spec(cfg, texts)
+
+
+def _scoring_spec(cfg: HttpConfig, texts: Callable[[dict], tuple[str, str]]) -> ProcessorSpec:
+    """Echo scoring of ``texts(row) = (prompt, answer continuation)``, sent as one text."""
+    config = processor_config(cfg, "/completions")
     body = {"model": cfg.model, "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0.0}
 
     def preprocess(row: dict) -> dict:
         check_columns(row)
-        tok = tokenizer_for(source)
-        prompt = qa_prompt(tok, row_field(row, "question"), row_documents(row, documents_column),
-                           as_list(row.get("choices")) or None)
-        answer = answer_continuation(tok, row_field(row, answer_column))
+        prompt, answer = texts(row)
         return {"payload": {**body, "prompt": prompt + answer},
                 "_raglign_answer_chars": len(answer)}
 
@@ -174,6 +193,20 @@ def scoring_spec(cfg: HttpConfig, documents_column: str = "candidates",
         return {**out, "answer_logprob": sum(values), "answer_token_logprobs": values}
 
     return ProcessorSpec(config, preprocess, postprocess)
+
+
+def prompt_generation_spec(cfg: HttpConfig, params: GenerationParams) -> ProcessorSpec:
+    """Completions of rows that carry a locally rendered ``prompt_text``, as
+    :class:`raglign.models.processor_generator.HttpGenerator` sends them; adds ``text``."""
+    if cfg.endpoint != "completions":
+        raise ConfigError("endpoint: rendered prompts go to /v1/completions; set endpoint: "
+                          "completions (chat requests let the server apply its own template)")
+    return _generation_spec(cfg, params, lambda row: {"prompt": row["prompt_text"]}, "text")
+
+
+def prompt_scoring_spec(cfg: HttpConfig) -> ProcessorSpec:
+    """Echo scoring of rows that carry ``prompt_text`` and ``answer_text`` (the continuation)."""
+    return _scoring_spec(cfg, lambda row: (row["prompt_text"], row["answer_text"]))
 
 
 def generation_processor(cfg: HttpConfig, task: Task = "qa",

@@ -39,6 +39,7 @@ from raglign.models.encoders import (
     resolve_device,
     resolve_dtype,
 )
+from raglign.models.batching import forward_length_sorted, token_budget
 from raglign.models.registry import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ class CrossEncoderReranker(Reranker):
 
     kind = "cross"
 
-    def __init__(self, model, tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
+    def __init__(self, model, tokenizer, max_length: int = DEFAULT_MAX_LENGTH,
+                 token_budget: int | None = None):
         super().__init__()
         if model.config.num_labels != 1:
             raise ConfigError(f"a cross-encoder reranker needs num_labels=1, the model has "
@@ -135,17 +137,27 @@ class CrossEncoderReranker(Reranker):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.token_budget = token_budget  # None: the device's default (batching.token_budget)
 
     def forward_scores(self, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
         n = _check_groups(queries, docs)
         firsts = [q for q in queries for _ in range(n)]
         seconds = [d for group in docs for d in group]
         # "longest_first" truncation, as sentence-transformers' CrossEncoder does, so scores
-        # match it exactly for any length.
-        enc = self.tokenizer(firsts, seconds, padding=True, truncation="longest_first",
-                             max_length=self.max_length, return_tensors="pt").to(self.device)
-        logits = self.model(**enc).logits
-        return logits.float().view(len(queries), n)
+        # match it exactly for any length. Pairs run length-sorted under the token budget (see
+        # Encoder.embed: a pair's logit does not depend on its batch-mates).
+        lengths = [len(x) for x in self.tokenizer(firsts, seconds, truncation="longest_first",
+                                                  max_length=self.max_length)["input_ids"]]
+
+        def forward(idx: list[int]) -> torch.Tensor:
+            enc = self.tokenizer([firsts[i] for i in idx], [seconds[i] for i in idx],
+                                 padding=True, truncation="longest_first",
+                                 max_length=self.max_length, return_tensors="pt").to(self.device)
+            return self.model(**enc).logits.float()
+
+        logits = forward_length_sorted(lengths, token_budget(self.device, self.token_budget),
+                                       forward)
+        return logits.view(len(queries), n)
 
     def save(self, path: str | os.PathLike, model_card: str | None = None) -> None:
         """A transformers directory that ``CrossEncoder(path)`` and ``AutoModelFor…`` load."""

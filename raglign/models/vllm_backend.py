@@ -236,17 +236,26 @@ def generation_spec(cfg: VLLMConfig, task: Task = "qa", params: GenerationParams
     (``prediction`` / ``rationale`` by default)."""
     if task not in DEFAULT_PARAMS:
         raise ConfigError(f"task: expected one of {sorted(DEFAULT_PARAMS)}, got {task!r}")
+
+    def ids_of(tok, row: dict) -> list[int]:
+        return (qa_token_ids(tok, row, documents_column) if task == "qa"
+                else rationale_token_ids(tok, row))
+
+    return _generation_spec(cfg, params or DEFAULT_PARAMS[task], ids_of,
+                            output_column or OUTPUT_COLUMN[task])
+
+
+def _generation_spec(cfg: VLLMConfig, params: GenerationParams,
+                     ids_of: Callable[[Any, dict], list[int]], column: str) -> ProcessorSpec:
+    """Generation from the prompt ids ``ids_of(tokenizer, row)``; the text goes to ``column``."""
     config = engine_config(cfg)
     source = config.model_source
-    sampling = sampling_params(params or DEFAULT_PARAMS[task])
-    column = output_column or OUTPUT_COLUMN[task]
+    sampling = sampling_params(params)
 
     def preprocess(row: dict) -> dict:
         check_columns(row)
-        tok = tokenizer_for(source)
-        ids = (qa_token_ids(tok, row, documents_column) if task == "qa"
-               else rationale_token_ids(tok, row))
-        return {"tokenized_prompt": ids, "sampling_params": dict(sampling)}
+        return {"tokenized_prompt": ids_of(tokenizer_for(source), row),
+                "sampling_params": dict(sampling)}
 
     def postprocess(row: dict) -> dict:
         return {**carry(row), column: row["generated_text"]}
@@ -263,13 +272,20 @@ def scoring_spec(cfg: VLLMConfig, documents_column: str = "candidates",
     negligible. ``prompt_logprobs=1`` returns each position's top-1 plus the prompt's own token,
     which is all the parser needs.
     """
+    return _scoring_spec(cfg, lambda tok, row: scoring_token_ids(tok, row, documents_column,
+                                                                 answer_column))
+
+
+def _scoring_spec(cfg: VLLMConfig,
+                  ids_of: Callable[[Any, dict], tuple[list[int], int]]) -> ProcessorSpec:
+    """Answer log-probs of ``ids_of(tokenizer, row) = (ids, start)``: the tokens ``ids[start:]``."""
     config = engine_config(cfg)
     source = config.model_source
     sampling = {"temperature": 0.0, "max_tokens": 1, "prompt_logprobs": 1, "detokenize": False}
 
     def preprocess(row: dict) -> dict:
         check_columns(row)
-        ids, start = scoring_token_ids(tokenizer_for(source), row, documents_column, answer_column)
+        ids, start = ids_of(tokenizer_for(source), row)
         return {"tokenized_prompt": ids, "sampling_params": dict(sampling),
                 "_raglign_answer_start": start}
 
@@ -284,6 +300,18 @@ def scoring_spec(cfg: VLLMConfig, documents_column: str = "candidates",
         return {**out, "answer_logprob": sum(values), "answer_token_logprobs": values}
 
     return ProcessorSpec(config, preprocess, postprocess)
+
+
+def prompt_generation_spec(cfg: VLLMConfig, params: GenerationParams) -> ProcessorSpec:
+    """Generation for rows that carry their prompt as token ids (``prompt_ids``), as
+    :class:`raglign.models.processor_generator.VLLMGenerator` sends them; adds ``text``."""
+    return _generation_spec(cfg, params, lambda tok, row: as_list(row["prompt_ids"]), "text")
+
+
+def prompt_scoring_spec(cfg: VLLMConfig) -> ProcessorSpec:
+    """Scoring for rows that carry ``prompt_ids`` (prompt then answer) and ``answer_start``."""
+    return _scoring_spec(cfg, lambda tok, row: (as_list(row["prompt_ids"]),
+                                                int(row["answer_start"])))
 
 
 def generation_processor(cfg: VLLMConfig, task: Task = "qa",

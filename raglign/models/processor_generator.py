@@ -1,0 +1,153 @@
+"""The vLLM and HTTP backends behind the :class:`~raglign.models.generator.Generator` interface.
+
+The label job maps ``ray.data.llm`` processors over Ray Datasets of question rows (streaming,
+sharded, resumable). Code that holds prompts in hand — a notebook, a custom signal, a script —
+wants the calls :class:`~raglign.models.generator.TransformersGenerator` offers instead:
+``generate(prompts) -> [text]`` and ``score(prompts, answers) -> [ScoreResult]``. A
+:class:`ProcessorGenerator` turns the list into a Ray Dataset of index-tagged request rows, runs
+the backend's processor over it (the same ``build_processor`` pipeline as the label job) and puts
+the outputs back in input order; a request that does not come back is an error, never a dropped
+row.
+
+Prompts are rendered and tokenised on the driver exactly as the transformers backend does
+(``encode_prompt(prompt) + encode_piece(answer_continuation(answer))``), so for the same model a
+vLLM score is the transformers score of the same token ids. The HTTP server tokenises the text
+itself: its scores follow the server's tokenizer on the joined text (docs/generators.md).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from raglign.errors import DataError
+from raglign.models import http_backend, vllm_backend
+from raglign.models.generator import (
+    GenerationParams,
+    Generator,
+    Prompt,
+    ScoreResult,
+    cut_at_stop,
+    resolve_params,
+)
+from raglign.models.registry import resolve_model
+from raglign.models.vllm_backend import ProcessorSpec, tokenizer_for
+from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, encode_prompt
+
+INDEX = "request_index"
+
+
+class ProcessorGenerator(Generator):
+    """``generate``/``score`` over a ``ray.data.llm`` processor; uses (or starts) the current
+    Ray session, like any Ray Data job."""
+
+    tokenizer: Any
+
+    @abstractmethod
+    def generation_spec(self, params: GenerationParams) -> ProcessorSpec:
+        """The processor that completes one request row (adds ``text``)."""
+
+    @abstractmethod
+    def scoring_spec(self) -> ProcessorSpec:
+        """The processor that scores one request row (adds ``answer_token_logprobs``)."""
+
+    @abstractmethod
+    def generation_request(self, prompt: Prompt) -> dict:
+        """The request-row columns of one prompt."""
+
+    @abstractmethod
+    def scoring_request(self, prompt: Prompt, answer: str) -> dict:
+        """The request-row columns of one (prompt, answer) pair."""
+
+    def apply(self, spec: ProcessorSpec, ds):
+        """Run the built processor over a Dataset (tests put an engine stand-in here)."""
+        return spec.build()(ds)
+
+    def generate(self, prompts: Sequence[Prompt], params: GenerationParams | None = None,
+                 **overrides) -> list[str]:
+        p = resolve_params(params, overrides)
+        rows = self._run(self.generation_spec(p), [self.generation_request(x) for x in prompts])
+        return [cut_at_stop(r["text"], p.stop) for r in rows]
+
+    def score(self, prompts: Sequence[Prompt], answers: Sequence[str], *, normalize: bool = False,
+              per_token: bool = False) -> list[ScoreResult]:
+        if len(prompts) != len(answers):
+            raise DataError("score inputs", None, "answers",
+                            f"{len(prompts)} prompts but {len(answers)} answers")
+        for i, a in enumerate(answers):
+            if not isinstance(a, str) or not a.strip():
+                raise DataError("score inputs", i, "answer", f"expected a non-empty string, got {a!r}")
+        rows = self._run(self.scoring_spec(),
+                         [self.scoring_request(p, a) for p, a in zip(prompts, answers)])
+        out = []
+        for r in rows:
+            values = [float(v) for v in r["answer_token_logprobs"]]
+            out.append(ScoreResult(sum(values), len(values), normalize,
+                                   tuple(values) if per_token else None))
+        return out
+
+    def _run(self, spec: ProcessorSpec, requests: list[dict]) -> list[dict]:
+        import ray
+
+        if not requests:
+            return []
+        items = [{INDEX: i, **r} for i, r in enumerate(requests)]
+        by_index = {int(r[INDEX]): r for r in self.apply(spec, ray.data.from_items(items)).take_all()}
+        missing = [i for i in range(len(items)) if i not in by_index]
+        if missing:
+            raise RuntimeError(f"{len(missing)} of {len(items)} requests came back without a "
+                               f"result (first: request {missing[0]})")
+        return [by_index[i] for i in range(len(items))]
+
+
+class VLLMGenerator(ProcessorGenerator):
+    """vLLM engines through ``ray.data.llm`` (needs ``raglign[vllm]`` and a GPU): prompt ids in
+    ``tokenized_prompt``, scores from ``prompt_logprobs``."""
+
+    def __init__(self, config: vllm_backend.VLLMConfig):
+        vllm_backend.require_vllm()
+        self.config = config
+        self.tokenizer = tokenizer_for(resolve_model(config.model))
+
+    def generation_spec(self, params: GenerationParams) -> ProcessorSpec:
+        return vllm_backend.prompt_generation_spec(self.config, params)
+
+    def scoring_spec(self) -> ProcessorSpec:
+        return vllm_backend.prompt_scoring_spec(self.config)
+
+    def generation_request(self, prompt: Prompt) -> dict:
+        return {"prompt_ids": encode_prompt(self.tokenizer, prompt)}
+
+    def scoring_request(self, prompt: Prompt, answer: str) -> dict:
+        context = encode_prompt(self.tokenizer, prompt)
+        ids = encode_piece(self.tokenizer, answer_continuation(self.tokenizer, answer))
+        return {"prompt_ids": context + ids, "answer_start": len(context)}
+
+
+class HttpGenerator(ProcessorGenerator):
+    """An OpenAI-compatible server's ``/v1/completions`` (``endpoint: completions``): prompts
+    rendered locally with the config's tokenizer; scoring needs a server that honours ``echo``
+    with ``logprobs`` (llama.cpp's does, ``transformers serve`` does not)."""
+
+    def __init__(self, config: http_backend.HttpConfig):
+        self.config = config
+        http_backend.prompt_generation_spec(config, GenerationParams())  # endpoint check, early
+        self.tokenizer = tokenizer_for(resolve_model(config.tokenizer or config.model))
+
+    def generation_spec(self, params: GenerationParams) -> ProcessorSpec:
+        return http_backend.prompt_generation_spec(self.config, params)
+
+    def scoring_spec(self) -> ProcessorSpec:
+        return http_backend.prompt_scoring_spec(self.config)
+
+    @staticmethod
+    def _text(prompt: Prompt) -> str:
+        return prompt.concat() if isinstance(prompt, ParallelPrompt) else prompt
+
+    def generation_request(self, prompt: Prompt) -> dict:
+        return {"prompt_text": self._text(prompt)}
+
+    def scoring_request(self, prompt: Prompt, answer: str) -> dict:
+        return {"prompt_text": self._text(prompt),
+                "answer_text": answer_continuation(self.tokenizer, answer)}
