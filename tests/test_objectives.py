@@ -13,6 +13,7 @@ from raglign.objectives import (
     infonce,
     kl_distill,
     replug_lsr,
+    cosent,
     supervised,
 )
 
@@ -157,6 +158,31 @@ def test_supervised_bce_reference_with_graded_labels_and_padding():
     np.testing.assert_allclose(s.grad.numpy(), expect, rtol=1e-9, atol=1e-15)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         supervised(s, labels * 2)
+
+
+def test_cosent_reference_with_graded_labels_padding_and_flat_groups():
+    s = _scores(3, 4)
+    labels = torch.tensor([[1.0, 0.0, 0.5, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]],
+                          dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    loss = cosent(s, labels, 0.05, mask)
+    x, y = s.detach().numpy(), labels.numpy()
+    terms = [(x[b, j] - x[b, i]) / 0.05 for b in range(3) for i in range(4) for j in range(4)
+             if mask[b, i] and mask[b, j] and y[b, i] > y[b, j]]
+    assert len(terms) == 3 + 4  # group 0: 1>0.5, 1>0, 0.5>0 (padding out); group 1: 2 x 2; group 2: none
+    assert loss.item() == pytest.approx(math.log(1 + sum(math.exp(t) for t in terms)), rel=1e-12)
+    torch.autograd.gradcheck(lambda z: cosent(z, labels, 0.5, mask), (s.detach().clone().requires_grad_(),))
+    # Shift-invariant per group (a cosine has no bias), and only the order of labels matters.
+    shifted = s.detach() + torch.tensor([[3.0], [-1.0], [0.2]], dtype=torch.float64)
+    assert cosent(shifted, labels, 0.05, mask).item() == pytest.approx(loss.item(), rel=1e-10)
+    assert cosent(s, labels ** 2, 0.05, mask).item() == pytest.approx(loss.item(), rel=1e-12)
+    # The table uses it for bi-encoders, BCE for cross-encoders.
+    assert OBJECTIVES["supervised"].loss(s, labels, mask, LossParams(0.05, kind="bi")).item() == \
+        pytest.approx(loss.item(), rel=1e-12)
+    assert OBJECTIVES["supervised"].loss(s, labels, mask, LossParams(0.05)).item() == \
+        pytest.approx(supervised(s, labels, 0.05, mask).item(), rel=1e-12)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        cosent(s, labels * 2)
 
 
 def test_table_dispatch_and_shape_errors():

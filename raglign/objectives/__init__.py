@@ -19,7 +19,7 @@ import torch
 from raglign.objectives.emdr import emdr
 from raglign.objectives.infonce import infonce
 from raglign.objectives.kl import kl_distill, replug_lsr
-from raglign.objectives.supervised import supervised
+from raglign.objectives.supervised import cosent, supervised
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class LossParams:
     temperature: float = 1.0  # reranker score temperature: logits = score / temperature
     beta: float = 1.0  # REPLUG's LM temperature in Q_LM = softmax(log p_LM / beta)
     in_batch_negatives: bool = False  # InfoNCE only; scores are then [B, B*n]
+    kind: str = "cross"  # the reranker's kind: "supervised" is BCE for cross, CoSENT for bi
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ class Objective:
     loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, LossParams], torch.Tensor]
 
 
+def _supervised(scores, values, mask, p: LossParams):
+    if p.kind == "bi":
+        return cosent(scores, values, p.temperature, mask)
+    return supervised(scores, values, p.temperature, mask)
+
+
 def _infonce(scores, values, mask, p: LossParams):
     positive = values.argmax(dim=1)
     if p.in_batch_negatives:  # [B, B*n]: every query sees every group's documents
@@ -49,8 +56,8 @@ def _infonce(scores, values, mask, p: LossParams):
 
 OBJECTIVES: dict[str, Objective] = {
     "infonce": Objective("labels", "RADIO: InfoNCE over 1 positive + m negatives", _infonce),
-    "supervised": Objective("labels", "pointwise BCE on gold / graded labels",
-                            lambda s, v, m, p: supervised(s, v, p.temperature, m)),
+    "supervised": Objective("labels", "gold / graded labels: pointwise BCE (cross-encoders), "
+                            "pairwise CoSENT (bi-encoders)", _supervised),
     "kl": Objective("target", "PDist / LOOP / ADist: KL(target || p_R)",
                     lambda s, v, m, p: kl_distill(s, v, p.temperature, m)),
     "replug": Objective("lm_logprob", "REPLUG LSR: KL(p_R || softmax(log p_LM / beta))",
@@ -59,5 +66,5 @@ OBJECTIVES: dict[str, Objective] = {
                       lambda s, v, m, p: emdr(s, v, p.temperature, m)),
 }
 
-__all__ = ["OBJECTIVES", "LossParams", "Objective", "emdr", "infonce", "kl_distill",
+__all__ = ["OBJECTIVES", "LossParams", "Objective", "cosent", "emdr", "infonce", "kl_distill",
            "replug_lsr", "supervised"]

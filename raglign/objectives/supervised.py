@@ -8,6 +8,16 @@ a distribution over each group. It is also the loss sentence-transformers' Cross
 for labelled pairs (``BinaryCrossEntropyLoss``), so a model trained here behaves like one
 trained there. Every real (query, document) pair counts equally, so the mean is over pairs,
 not over groups.
+
+Bi-encoders get :func:`cosent` instead. A cosine has no bias: BCE on ``cos / T`` asks every
+negative for a cosine below 0 and every positive for one far above, so with the bi-encoder
+temperature (0.02) the sigmoid saturates from the first step and the loss is dominated by
+pushing all negatives towards orthogonal rather than below the positives (the quality
+benchmark's supervised bi-encoder lost to the base, docs/benchmarks.md). CoSENT is
+sentence-transformers' ``CoSENTLoss``, its recommended loss for cosine models with graded
+labels: ``log(1 + sum over pairs (i, j) of a group with label_i > label_j of
+exp((s_j - s_i) / T))``. It only orders documents, so it is shift-invariant, takes graded labels
+and several positives, and a group whose labels are all equal contributes nothing.
 """
 
 from __future__ import annotations
@@ -29,3 +39,19 @@ def supervised(scores: torch.Tensor, labels: torch.Tensor, temperature: float = 
         raise ValueError("labels must lie in [0, 1]")
     per_pair = F.binary_cross_entropy_with_logits(scores / temperature, target, reduction="none")
     return masked_sum(per_pair, mask).sum() / mask.sum()
+
+
+def cosent(scores: torch.Tensor, labels: torch.Tensor, temperature: float = 0.05,
+           mask: torch.Tensor | None = None) -> torch.Tensor:
+    """CoSENT: ``log(1 + sum_{label_i > label_j} exp((s_j - s_i) / T))`` over every group's real
+    document pairs at once, as sentence-transformers computes it (one log-sum-exp with a 0)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    mask = check_scores(scores, labels, mask, "labels")
+    target = labels.to(scores.dtype)
+    if bool(((target < 0) | (target > 1))[mask].any()):
+        raise ValueError("labels must lie in [0, 1]")
+    diff = (scores[:, None, :] - scores[:, :, None]) / temperature  # [b, i, j] = (s_j - s_i) / T
+    ordered = (target[:, :, None] > target[:, None, :]) & mask[:, :, None] & mask[:, None, :]
+    terms = diff[ordered]
+    return torch.logsumexp(torch.cat([terms.new_zeros(1), terms]), dim=0)

@@ -265,7 +265,8 @@ def build_loss(cfg: TrainConfig, device):
     from raglign.objectives import OBJECTIVES, LossParams
 
     return ScoreLoss(OBJECTIVES[cfg.objective],
-                     LossParams(cfg.score_temperature, cfg.beta, cfg.in_batch_negatives), device)
+                     LossParams(cfg.score_temperature, cfg.beta, cfg.in_batch_negatives,
+                                cfg.kind), device)
 
 
 def peak_rss_mib() -> float:
