@@ -31,6 +31,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.15)
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--ablation-rows", type=int, default=2)
+    p.add_argument("--dtype", default="auto",
+                   help="generator dtype: auto = bf16 on CPUs with native bf16, else float32")
     args = p.parse_args()
     out = Path(args.out)
     data = out / "hotpotqa"
@@ -40,7 +42,7 @@ def main() -> None:
                                   str(REPO.parent / "shared/data/hotpotqa/hotpotqa_train.json"),
                                   str(data)], check=True)
     common = ["--generator", args.generator, "--steps", str(args.steps), "--lr", str(args.lr),
-              "--torch-threads", "1", "--device", "cpu", "--dtype", "float32"]
+              "--torch-threads", "1", "--device", "cpu", "--dtype", args.dtype]
     t0 = time.perf_counter()
     subprocess.run(raglign + ["grerank", "mine-weights", str(data), str(out / "mining"),
                               "--baselines", "--limit", str(args.rows), "--shard-rows", "4",

@@ -71,8 +71,9 @@ def test_generator_interface_sends_rendered_prompts_to_completions():
     from raglign.errors import ConfigError
     from raglign.models.processor_generator import HttpGenerator
 
+    chat = HttpGenerator(hb.HttpConfig(base_url="http://h/v1", model="m", tokenizer="smollm2-135m"))
     with pytest.raises(ConfigError, match="endpoint: completions"):
-        HttpGenerator(hb.HttpConfig(base_url="http://h/v1", model="m", tokenizer="smollm2-135m"))
+        chat.generate(["Q: capital of France?\nA:"])
     gen = HttpGenerator(hb.HttpConfig(base_url="http://h/v1", model="m", tokenizer="smollm2-135m",
                                       endpoint="completions"))
     pre = gen.scoring_spec().preprocess(gen.scoring_request("Q: capital of France?\nA:", "Paris"))

@@ -126,13 +126,13 @@ class VLLMGenerator(ProcessorGenerator):
 
 
 class HttpGenerator(ProcessorGenerator):
-    """An OpenAI-compatible server's ``/v1/completions`` (``endpoint: completions``): prompts
-    rendered locally with the config's tokenizer; scoring needs a server that honours ``echo``
-    with ``logprobs`` (llama.cpp's does, ``transformers serve`` does not)."""
+    """An OpenAI-compatible server's ``/v1/completions``: prompts rendered locally with the
+    config's tokenizer. ``generate`` needs ``endpoint: completions``; scoring always uses
+    completions and needs a server that honours ``echo`` with ``logprobs`` (llama.cpp's does,
+    ``transformers serve`` does not)."""
 
     def __init__(self, config: http_backend.HttpConfig):
         self.config = config
-        http_backend.prompt_generation_spec(config, GenerationParams())  # endpoint check, early
         self.tokenizer = tokenizer_for(resolve_model(config.tokenizer or config.model))
 
     def generation_spec(self, params: GenerationParams) -> ProcessorSpec:

@@ -28,15 +28,21 @@ import torch.nn.functional as F
 from raglign.objectives.common import check_scores, masked_sum
 
 
-def supervised(scores: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean BCE-with-logits of ``scores / temperature`` against ``labels`` in [0, 1]."""
+def _checked(scores, labels, temperature, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real-document mask and the labels in the scores' dtype, after validating both."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     mask = check_scores(scores, labels, mask, "labels")
     target = labels.to(scores.dtype)
     if bool(((target < 0) | (target > 1))[mask].any()):
         raise ValueError("labels must lie in [0, 1]")
+    return mask, target
+
+
+def supervised(scores: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE-with-logits of ``scores / temperature`` against ``labels`` in [0, 1]."""
+    mask, target = _checked(scores, labels, temperature, mask)
     per_pair = F.binary_cross_entropy_with_logits(scores / temperature, target, reduction="none")
     return masked_sum(per_pair, mask).sum() / mask.sum()
 
@@ -45,12 +51,7 @@ def cosent(scores: torch.Tensor, labels: torch.Tensor, temperature: float = 0.05
            mask: torch.Tensor | None = None) -> torch.Tensor:
     """CoSENT: ``log(1 + sum_{label_i > label_j} exp((s_j - s_i) / T))`` over every group's real
     document pairs at once, as sentence-transformers computes it (one log-sum-exp with a 0)."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    mask = check_scores(scores, labels, mask, "labels")
-    target = labels.to(scores.dtype)
-    if bool(((target < 0) | (target > 1))[mask].any()):
-        raise ValueError("labels must lie in [0, 1]")
+    mask, target = _checked(scores, labels, temperature, mask)
     diff = (scores[:, None, :] - scores[:, :, None]) / temperature  # [b, i, j] = (s_j - s_i) / T
     ordered = (target[:, :, None] > target[:, None, :]) & mask[:, :, None] & mask[:, None, :]
     terms = diff[ordered]
