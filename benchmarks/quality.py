@@ -15,7 +15,7 @@ Methods (all start from the demo's base reranker, train with the demo's schedule
 | pdist | softmax(answer_logprob / T) | demo's `mined/pdist` | kl |
 | loop | softmax(-loo_logprob / T) over the top 5 | `loo_logprob` labelled here | kl |
 | emdr | answer_logprob per document (EMDR^2's marginal) | `mine --lm-logprobs` of the demo's labels | emdr |
-| supervised | the gold paragraphs (`is_gold`) | canonical rows | supervised (BCE) |
+| supervised | the gold paragraphs (`is_gold`) | canonical rows | supervised (BCE; CoSENT for bi-encoders) |
 | grerank | the gold answer's NLL through the frozen LLM (Algorithm 1) | canonical rows | gumbel |
 
 Plus two reader references that train nothing: ``oracle`` (gold paragraphs first, the reader's

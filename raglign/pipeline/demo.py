@@ -51,8 +51,9 @@ class DemoTraining(StrictModel):
 
 
 class DemoConfig(JobConfig):
-    """The demo's knobs. One run took 38.6 min on a 2-core AVX2-only CPU in fp32, and 34.5 min
-    with the earlier one-actor defaults on an AVX-512-BF16 one (docs/benchmarks.md, "Main job")."""
+    """The demo's knobs. One run took 17.8 min on a 2-core Intel Xeon with AMX (bf16), and
+    38.6 min on a 2-core AVX2-only EPYC in fp32 before reranker batches were length-sorted
+    (docs/benchmarks.md, "Main job")."""
 
     job: Literal["demo"] = "demo"
     input: str = Field(default_factory=default_hotpotqa)
