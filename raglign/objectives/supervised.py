@@ -17,7 +17,7 @@ sentence-transformers' ``CoSENTLoss``, its recommended loss for cosine models wi
 labels: ``log(1 + sum over pairs (i, j) of a group with label_i > label_j of
 exp((s_j - s_i) / T))``. It only orders documents, so it is shift-invariant, takes graded labels
 and several positives, and a group whose labels are all equal contributes nothing. Measured on
-the held-out HotpotQA questions it did not beat BCE either (higher Recall@5, lower MRR; neither
+the held-out HotpotQA questions it did not beat BCE (higher Recall@5, lower MRR; neither
 beats the base: docs/benchmarks.md, "Supervised bi-encoder with CoSENT"); it is chosen because
 it is well posed for a cosine, not for a measured win.
 """
