@@ -167,10 +167,14 @@ def test_cosent_reference_with_graded_labels_padding_and_flat_groups():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
     loss = cosent(s, labels, 0.05, mask)
     x, y = s.detach().numpy(), labels.numpy()
-    terms = [(x[b, j] - x[b, i]) / 0.05 for b in range(3) for i in range(4) for j in range(4)
-             if mask[b, i] and mask[b, j] and y[b, i] > y[b, j]]
-    assert len(terms) == 3 + 4  # group 0: 1>0.5, 1>0, 0.5>0 (padding out); group 1: 2 x 2; group 2: none
-    assert loss.item() == pytest.approx(math.log(1 + sum(math.exp(t) for t in terms)), rel=1e-12)
+    terms = [[(x[b, j] - x[b, i]) / 0.05 for i in range(4) for j in range(4)
+              if mask[b, i] and mask[b, j] and y[b, i] > y[b, j]] for b in range(3)]
+    assert [len(t) for t in terms] == [3, 4, 0]  # 1>0.5, 1>0, 0.5>0 (padding out); 2 x 2; none
+    ref = np.mean([math.log(1 + sum(math.exp(t) for t in group)) for group in terms])
+    assert loss.item() == pytest.approx(ref, rel=1e-12)
+    # A mean over groups: the loss of two halves averages to the loss of the whole.
+    halves = [cosent(s[a:b], labels[a:b], 0.05, mask[a:b]).item() for a, b in ((0, 1), (1, 3))]
+    assert (halves[0] + 2 * halves[1]) / 3 == pytest.approx(loss.item(), rel=1e-12)
     torch.autograd.gradcheck(lambda z: cosent(z, labels, 0.5, mask), (s.detach().clone().requires_grad_(),))
     # Shift-invariant per group (a cosine has no bias), and only the order of labels matters.
     shifted = s.detach() + torch.tensor([[3.0], [-1.0], [0.2]], dtype=torch.float64)

@@ -14,8 +14,8 @@ negative for a cosine below 0 and every positive for one far above, so with the 
 temperature (0.02) the sigmoid saturates from the first step and the loss is dominated by
 pushing all negatives towards orthogonal rather than below the positives. CoSENT is
 sentence-transformers' ``CoSENTLoss``, its recommended loss for cosine models with graded
-labels: ``log(1 + sum over pairs (i, j) of a group with label_i > label_j of
-exp((s_j - s_i) / T))``. It only orders documents, so it is shift-invariant, takes graded labels
+labels: per group ``log(1 + sum over its pairs (i, j) with label_i > label_j of
+exp((s_j - s_i) / T))``, averaged over groups. It only orders documents, so it is shift-invariant, takes graded labels
 and several positives, and a group whose labels are all equal contributes nothing. Measured on
 the held-out HotpotQA questions it did not beat BCE (higher Recall@5, lower MRR; neither
 beats the base: docs/benchmarks.md, "Supervised bi-encoder with CoSENT"); it is chosen because
@@ -51,10 +51,16 @@ def supervised(scores: torch.Tensor, labels: torch.Tensor, temperature: float = 
 
 def cosent(scores: torch.Tensor, labels: torch.Tensor, temperature: float = 0.05,
            mask: torch.Tensor | None = None) -> torch.Tensor:
-    """CoSENT: ``log(1 + sum_{label_i > label_j} exp((s_j - s_i) / T))`` over every group's real
-    document pairs at once, as sentence-transformers computes it (one log-sum-exp with a 0)."""
+    """CoSENT per group, averaged over groups: ``log(1 + sum_{label_i > label_j}
+    exp((s_j - s_i) / T))`` over each group's real document pairs.
+
+    sentence-transformers takes one log-sum-exp over every pair of its batch; a mean of per-group
+    terms instead keeps the loss a mean over groups like every other objective here, so a step's
+    update is the same however the global batch is split into micro-batches and workers.
+    """
     mask, target = _checked(scores, labels, temperature, mask)
     diff = (scores[:, None, :] - scores[:, :, None]) / temperature  # [b, i, j] = (s_j - s_i) / T
     ordered = (target[:, :, None] > target[:, None, :]) & mask[:, :, None] & mask[:, None, :]
-    terms = diff[ordered]
-    return torch.logsumexp(torch.cat([terms.new_zeros(1), terms]), dim=0)
+    terms = diff.masked_fill(~ordered, float("-inf")).flatten(1)
+    per_group = torch.logsumexp(torch.cat([terms.new_zeros(len(terms), 1), terms], dim=1), dim=1)
+    return per_group.mean()
