@@ -92,9 +92,8 @@ def _real_tokens(reranker, kind, queries, docs) -> int:
     if kind == "bi":
         return sum(reranker.encoder.token_lengths(list(queries) + [d for g in docs for d in g]))
     n = len(docs[0])
-    ids = reranker.tokenizer([q for q in queries for _ in range(n)], [d for g in docs for d in g],
-                             truncation="longest_first", max_length=reranker.max_length)["input_ids"]
-    return sum(len(x) for x in ids)
+    return sum(reranker.token_lengths([q for q in queries for _ in range(n)],
+                                      [d for g in docs for d in g]))
 
 
 if __name__ == "__main__":

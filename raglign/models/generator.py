@@ -75,6 +75,13 @@ class ScoreResult:
     normalized: bool = False
     token_logprobs: tuple[float, ...] | None = None
 
+    @classmethod
+    def from_token_logprobs(cls, values: Sequence[float], normalize: bool,
+                            per_token: bool) -> ScoreResult:
+        """The result for an answer whose tokens have log-probs ``values``."""
+        values = [float(v) for v in values]
+        return cls(math.fsum(values), len(values), normalize, tuple(values) if per_token else None)
+
     @property
     def mean_logprob(self) -> float:
         return self.logprob / self.num_tokens
@@ -97,6 +104,13 @@ class Generator(ABC):
     def score(self, prompts: Sequence[Prompt], answers: Sequence[str], *, normalize: bool = False,
               per_token: bool = False) -> list[ScoreResult]:
         """``log p(answer_i | prompt_i)`` for each pair, in input order."""
+
+
+def check_pair_counts(prompts: Sequence[Prompt], answers: Sequence[str]) -> None:
+    """``score`` takes one answer per prompt."""
+    if len(prompts) != len(answers):
+        raise DataError("score inputs", None, "answers",
+                        f"{len(prompts)} prompts but {len(answers)} answers")
 
 
 def resolve_params(params: GenerationParams | None, overrides: dict) -> GenerationParams:
@@ -271,9 +285,7 @@ class TransformersGenerator(Generator):
 
     def score(self, prompts: Sequence[Prompt], answers: Sequence[str], *, normalize: bool = False,
               per_token: bool = False) -> list[ScoreResult]:
-        if len(prompts) != len(answers):
-            raise DataError("score inputs", None, "answers",
-                            f"{len(prompts)} prompts but {len(answers)} answers")
+        check_pair_counts(prompts, answers)
         pairs = [self.encode_pair(p, a) for p, a in zip(prompts, answers)]
         for i, (p_ids, a_ids) in enumerate(pairs):
             if not p_ids:
@@ -300,9 +312,7 @@ class TransformersGenerator(Generator):
             for batch in length_batches(lengths, self.batch_size, self.token_budget, logits_fit):
                 token_lps = self._score_batch([pairs[i] for i in batch])
                 for i, lps in zip(batch, token_lps):
-                    results[i] = ScoreResult(
-                        logprob=math.fsum(lps), num_tokens=len(lps), normalized=normalize,
-                        token_logprobs=tuple(lps) if per_token else None)
+                    results[i] = ScoreResult.from_token_logprobs(lps, normalize, per_token)
         return results
 
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:

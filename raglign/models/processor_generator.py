@@ -28,6 +28,7 @@ from raglign.models.generator import (
     Generator,
     Prompt,
     ScoreResult,
+    check_pair_counts,
     cut_at_stop,
     resolve_params,
 )
@@ -72,20 +73,14 @@ class ProcessorGenerator(Generator):
 
     def score(self, prompts: Sequence[Prompt], answers: Sequence[str], *, normalize: bool = False,
               per_token: bool = False) -> list[ScoreResult]:
-        if len(prompts) != len(answers):
-            raise DataError("score inputs", None, "answers",
-                            f"{len(prompts)} prompts but {len(answers)} answers")
+        check_pair_counts(prompts, answers)
         for i, a in enumerate(answers):
             if not isinstance(a, str) or not a.strip():
                 raise DataError("score inputs", i, "answer", f"expected a non-empty string, got {a!r}")
         rows = self._run(self.scoring_spec(),
                          [self.scoring_request(p, a) for p, a in zip(prompts, answers)])
-        out = []
-        for r in rows:
-            values = [float(v) for v in r["answer_token_logprobs"]]
-            out.append(ScoreResult(sum(values), len(values), normalize,
-                                   tuple(values) if per_token else None))
-        return out
+        return [ScoreResult.from_token_logprobs(r["answer_token_logprobs"], normalize, per_token)
+                for r in rows]
 
     def _run(self, spec: ProcessorSpec, requests: list[dict]) -> list[dict]:
         import ray

@@ -139,6 +139,11 @@ class CrossEncoderReranker(Reranker):
         self.max_length = max_length
         self.token_budget = token_budget  # None: the device's default (batching.token_budget)
 
+    def token_lengths(self, firsts: list[str], seconds: list[str]) -> list[int]:
+        """Tokens per (query, document) pair after truncation, as the forward encodes them."""
+        return [len(x) for x in self.tokenizer(firsts, seconds, truncation="longest_first",
+                                               max_length=self.max_length)["input_ids"]]
+
     def forward_scores(self, queries: list[str], docs: list[list[str]]) -> torch.Tensor:
         n = _check_groups(queries, docs)
         firsts = [q for q in queries for _ in range(n)]
@@ -146,8 +151,7 @@ class CrossEncoderReranker(Reranker):
         # "longest_first" truncation, as sentence-transformers' CrossEncoder does, so scores
         # match it exactly for any length. Pairs run length-sorted under the token budget (see
         # Encoder.embed: a pair's logit does not depend on its batch-mates).
-        lengths = [len(x) for x in self.tokenizer(firsts, seconds, truncation="longest_first",
-                                                  max_length=self.max_length)["input_ids"]]
+        lengths = self.token_lengths(firsts, seconds)
 
         def forward(idx: list[int]) -> torch.Tensor:
             enc = self.tokenizer([firsts[i] for i in idx], [seconds[i] for i in idx],

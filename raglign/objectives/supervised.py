@@ -15,10 +15,11 @@ temperature (0.02) the sigmoid saturates from the first step and the loss is dom
 pushing all negatives towards orthogonal rather than below the positives. CoSENT is
 sentence-transformers' ``CoSENTLoss``, its recommended loss for cosine models with graded
 labels: per group ``log(1 + sum over its pairs (i, j) with label_i > label_j of
-exp((s_j - s_i) / T))``, averaged over groups. It only orders documents, so it is shift-invariant, takes graded labels
-and several positives, and a group whose labels are all equal contributes nothing. On the held-out
-HotpotQA questions it lifts Recall@5 over the base by +0.076 (p = 0.01), where BCE tied it
-(docs/benchmarks.md, "Supervised bi-encoder with CoSENT").
+exp((s_j - s_i) / T))``, averaged over groups. It only orders documents, so it is
+shift-invariant, takes graded labels and several positives, and a group whose labels are all
+equal contributes nothing. On the held-out HotpotQA questions it lifts Recall@5 over the base
+by +0.076 (p = 0.01), where BCE tied it (docs/benchmarks.md, "Supervised bi-encoder with
+CoSENT").
 """
 
 from __future__ import annotations
