@@ -126,6 +126,63 @@ def test_gemma_scores_use_answer_span_logits_only(tiny_gemma3, gemma_tokenizer):
     assert span + 1 < len(encode_prompt(gemma_tokenizer, prompts[0]))
 
 
+def shared_prefix_pairs(tokenizer) -> tuple[list[ParallelPrompt], list[str]]:
+    """QA prompts as a labelling shard scores them: one question with each document, two
+    aliases of its answer each (same prompt, different answers), plus a second question."""
+    prompts, answers = [], []
+    for q, doc in ((QUESTIONS[0], DOCS[0]), (QUESTIONS[0], DOCS[1]), (QUESTIONS[1], DOCS[1])):
+        for alias in ("Paris", "the city of Paris"):
+            prompts.append(parallel_prompt(tokenizer, q, [doc]))
+            answers.append(alias)
+    return prompts, answers
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_shared_prefix_scores_equal_unshared_and_the_reference(family, request):
+    """The common prompt prefix is encoded once: the results must equal the plain batched path
+    and one unpadded forward per pair. Gemma-3's sliding window (8 tokens in the tiny model) is
+    far shorter than the shared prefix, so its sliding layers are checked across the cache."""
+    model = request.getfixturevalue(f"tiny_{family}")
+    tokenizer = request.getfixturevalue("gemma_tokenizer" if family == "gemma3"
+                                        else "smollm_tokenizer")
+    prompts, answers = shared_prefix_pairs(tokenizer)
+    shared = TransformersGenerator(model, tokenizer, batch_size=8)
+    plain = TransformersGenerator(model, tokenizer, batch_size=8, share_prefix=False)
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    lcp = next(j for j in range(len(ids[0])) if len({tuple(x[:j + 1]) for x in ids}) > 1)
+    assert shared.shared_prefix_len(ids) == lcp >= 16  # the system instruction
+
+    rows = []
+    hook = model.get_input_embeddings().register_forward_hook(
+        lambda mod, inp, out: rows.append(tuple(inp[0].shape)))
+    try:
+        got = shared.score(prompts, answers, per_token=True)
+        assert rows[0] == (1, lcp)  # the prefix, once
+        computed = sum(b * t for b, t in rows)
+        rows.clear()
+        unshared = plain.score(prompts, answers, per_token=True)
+        # one batch of 6 rows: the 5 other rows skip the prefix
+        assert computed == sum(b * t for b, t in rows) - (len(prompts) - 1) * lcp
+    finally:
+        hook.remove()
+    for r, u, p, a in zip(got, unshared, prompts, answers):
+        expected = manual_token_logprobs(model, tokenizer, p, a)
+        assert r.token_logprobs == pytest.approx(expected, abs=1e-4)
+        assert r.logprob == pytest.approx(u.logprob, abs=1e-4)
+
+
+def test_shared_prefix_len_rules(llama_gen):
+    """Whole-prompt matches keep the last prompt token per row; short or single-row prefixes
+    are not worth a separate forward; sharing can be switched off."""
+    long = list(range(100, 140))
+    assert llama_gen.shared_prefix_len([long, long]) == len(long) - 1
+    assert llama_gen.shared_prefix_len([long, long[:20] + [7, 8]]) == 20
+    assert llama_gen.shared_prefix_len([long, long[:10] + [7] * 30]) == 0
+    assert llama_gen.shared_prefix_len([long]) == 0
+    off = TransformersGenerator(llama_gen.model, llama_gen.tokenizer, share_prefix=False)
+    assert off.shared_prefix_len([long, long]) == 0
+
+
 def test_greedy_generation_matches_manual_argmax_loop(tiny_qwen2, smollm_tokenizer, qwen_gen):
     prompt = pairs_for(smollm_tokenizer)[0][0]
     ids = encode_prompt(smollm_tokenizer, prompt)

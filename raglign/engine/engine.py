@@ -51,13 +51,11 @@ import torch
 from transformers import DynamicCache
 
 from raglign.engine.masks import (DEFAULT_EPS, additive_mask, keep_mask, leave_one_out_masks,
-                                  log_mask)
+                                  log_mask, sliding_window)
 from raglign.errors import ConfigError, DataError
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, parallel_prompt
 
 Document = tuple[str | None, str]
-
-_LAYER_TYPES = {"full_attention", "sliding_attention"}
 
 
 @dataclass
@@ -118,14 +116,8 @@ class DocumentEngine:
         self.prefill_batch_size = prefill_batch_size
         self.max_pack_tokens = max_pack_tokens
         self.eps = eps
-        cfg = model.config.get_text_config(decoder=True)
-        types = list(getattr(cfg, "layer_types", None) or [])
-        unknown = set(types) - _LAYER_TYPES
-        if unknown:
-            raise ConfigError(f"{type(model).__name__}: unsupported attention layer types "
-                              f"{sorted(unknown)}; the engine handles {sorted(_LAYER_TYPES)}")
         # Models with sliding-window layers take a dict of masks keyed by layer type.
-        self._window = cfg.sliding_window if "sliding_attention" in types else None
+        self._window = sliding_window(model)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # ------------------------------------------------------------------ tokens and prefill

@@ -19,8 +19,27 @@ from collections.abc import Sequence
 
 import torch
 
+from raglign.errors import ConfigError
+
+#: The attention layer types the explicit masks cover.
+LAYER_TYPES = {"full_attention", "sliding_attention"}
 #: Masks below this are clamped before the log, so that a soft mask keeps a finite gradient.
 DEFAULT_EPS = 1e-12
+
+
+def sliding_window(model) -> int | None:
+    """The window of the model's sliding-window layers (Gemma-3), or None when it has none.
+
+    A model given explicit masks gets ``{"full_attention": m, "sliding_attention": m_w}`` when
+    it has a window. Other layer types would need masks this module does not write: an error.
+    """
+    cfg = model.config.get_text_config(decoder=True)
+    types = set(getattr(cfg, "layer_types", None) or [])
+    unknown = types - LAYER_TYPES
+    if unknown:
+        raise ConfigError(f"{type(model).__name__}: unsupported attention layer types "
+                          f"{sorted(unknown)}; explicit masks handle {sorted(LAYER_TYPES)}")
+    return cfg.sliding_window if "sliding_attention" in types else None
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype, bias: torch.Tensor | None = None,

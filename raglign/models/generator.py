@@ -27,13 +27,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from raglign.engine.masks import LAYER_TYPES, additive_mask, sliding_window
 from raglign.errors import ConfigError, DataError
 from raglign.models.batching import length_batches
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, encode_prompt
 
 Prompt = str | ParallelPrompt
+
+# Below this many shared tokens a separate prefix forward costs about what it saves (one more
+# pass through every layer against a few tokens per row).
+MIN_SHARED_PREFIX = 16
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -199,16 +204,21 @@ class TransformersGenerator(Generator):
     one with :meth:`from_name`. ``batch_size`` caps rows per forward; ``token_budget`` caps
     ``rows * padded_length`` (prompt plus new tokens when generating) and so activation and KV
     memory; ``logits_budget`` caps the answer-span logits (``rows * span * vocab`` elements).
+    ``share_prefix`` encodes a micro-batch's common prompt prefix once when scoring (every QA
+    prompt starts with the same system instruction; aliases of one answer share their whole
+    prompt).
     """
 
     def __init__(self, model, tokenizer, *, batch_size: int = 32, token_budget: int = 8192,
-                 logits_budget: int = 2**26):
+                 logits_budget: int = 2**26, share_prefix: bool = True):
         if batch_size < 1 or token_budget < 1 or logits_budget < 1:
             raise ConfigError("batch_size, token_budget and logits_budget must be >= 1")
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.batch_size, self.token_budget, self.logits_budget = (batch_size, token_budget,
                                                                   logits_budget)
+        self.share_prefix = share_prefix and _explicit_masks_fit(model)
+        self._window = sliding_window(model) if self.share_prefix else None
         self.device = next(model.parameters()).device
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         pad = tokenizer.pad_token_id
@@ -318,11 +328,23 @@ class TransformersGenerator(Generator):
     def _score_batch(self, pairs: list[tuple[list[int], list[int]]]) -> list[list[float]]:
         """Per-token log-probs of each answer. Left padding puts every answer's last token at
         the last position; the logits kept are the ``span`` positions before it, right-aligned
-        per row: row ``b``'s answer token ``j`` is predicted at column ``span - len_b + j``."""
+        per row: row ``b``'s answer token ``j`` is predicted at column ``span - len_b + j``.
+
+        The prompts' common prefix (:meth:`shared_prefix_len`) is encoded once and its
+        keys/values serve every row: rows are ``prefix | padding | rest``, the padding masked
+        out and the rest's positions continuing from the prefix, so each row computes what it
+        would alone (:meth:`_shared_prefix_mask`)."""
         span = max(len(a) for _, a in pairs)
-        ids, mask, pos = left_pad([p + a for p, a in pairs], self.pad_id, self.device)
+        shared = self.shared_prefix_len([p for p, _ in pairs])
+        ids, mask, pos = left_pad([p[shared:] + a for p, a in pairs], self.pad_id, self.device)
+        extra = {"use_cache": False}
+        if shared:
+            pos = pos + shared
+            extra = {"cache": self._prefix_cache(pairs[0][0][:shared], len(pairs)),
+                     "use_cache": True}
+            mask = self._shared_prefix_mask(mask.bool(), pos, shared)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                            logits_to_keep=span + 1, use_cache=False).logits[:, :-1].float()
+                            logits_to_keep=span + 1, **extra).logits[:, :-1].float()
         targets = torch.zeros((len(pairs), span), dtype=torch.long)
         for row, (_, a) in enumerate(pairs):
             targets[row, span - len(a):] = torch.tensor(a, dtype=torch.long)
@@ -330,3 +352,57 @@ class TransformersGenerator(Generator):
         lp = logits.gather(-1, targets[..., None])[..., 0] - logits.logsumexp(-1)
         lp = lp.cpu().tolist()
         return [row[span - len(a):] for row, (_, a) in zip(lp, pairs)]
+
+    def shared_prefix_len(self, prompts: Sequence[Sequence[int]]) -> int:
+        """Tokens at the start of every prompt of a micro-batch that are encoded once for all
+        of them: their longest common prefix, less one token (the last prompt token's logit
+        predicts the answer, so every row keeps it), or 0 when sharing is off, the batch has
+        one row, or fewer than ``MIN_SHARED_PREFIX`` tokens are shared."""
+        if not self.share_prefix or len(prompts) < 2:
+            return 0
+        first, n = prompts[0], min(len(p) for p in prompts) - 1
+        for p in prompts[1:]:
+            n = next((j for j in range(n) if p[j] != first[j]), n)
+        return n if n >= MIN_SHARED_PREFIX else 0
+
+    def _prefix_cache(self, ids: list[int], rows: int) -> DynamicCache:
+        """Keys/values of ``ids`` encoded once by the decoder (no head), viewed as ``rows``
+        batch rows. A config-less cache, as in the document engine: a config would make
+        Gemma's sliding layers truncate it; the model's own masks apply the window."""
+        cache = DynamicCache()
+        self.model.get_decoder()(input_ids=torch.tensor([ids], device=self.device), cache=cache,
+                                 use_cache=True)
+        return DynamicCache(ddp_cache_data=[
+            (layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
+            for layer in cache.layers])
+
+    def _shared_prefix_mask(self, valid: torch.Tensor, q_pos: torch.Tensor, shared: int):
+        """Explicit attention masks for ``prefix | padding | rest`` rows (``valid`` marks the
+        real tokens of the ``[rows, T]`` rest, ``q_pos`` their positions). transformers' own
+        masks apply a sliding window by index, which padding in the middle of a row would
+        shift; these apply it by position. A padding query sees the prefix and itself (its
+        output is discarded, but a row with no visible key would be NaN)."""
+        rows, T = valid.shape
+        dev = valid.device
+        causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()
+        rest = (valid[:, None, :] & causal) | torch.eye(T, dtype=torch.bool, device=dev)
+        allowed = torch.cat([rest.new_ones(rows, T, shared), rest], dim=2)
+        dtype = self.model.dtype
+        full = additive_mask(allowed, dtype)
+        if self._window is None:
+            return full
+        k_pos = torch.cat([torch.arange(shared, device=dev).expand(rows, -1), q_pos], dim=1)
+        return {"full_attention": full,
+                "sliding_attention": additive_mask(allowed, dtype, None, q_pos, k_pos,
+                                                   self._window)}
+
+
+def _explicit_masks_fit(model) -> bool:
+    """Whether :meth:`TransformersGenerator._shared_prefix_mask` can describe the model's
+    attention: only full and (typed) sliding-window layers. A model with a window but no layer
+    types (Mistral-style) or other layer types is scored without prefix sharing."""
+    cfg = model.config.get_text_config(decoder=True)
+    types = set(getattr(cfg, "layer_types", None) or [])
+    if not types:
+        return getattr(cfg, "sliding_window", None) is None
+    return types <= LAYER_TYPES
