@@ -106,7 +106,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=200)
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--token-budget", type=int, default=8192)
+    ap.add_argument("--token-budget", type=int, default=None,
+                    help="scoring token budget (default: the device's, 1024 on CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = ap.parse_args()
     if args.threads:
@@ -118,9 +119,10 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         gen = TransformersGenerator.from_name(args.model, dtype=dtype, device="cpu",
                                               batch_size=args.batch_size,
-                                              token_budget=args.token_budget, share_prefix=False)
+                                              score_token_budget=args.token_budget,
+                                              share_prefix=False)
         shared = TransformersGenerator(gen.model, gen.tokenizer, batch_size=args.batch_size,
-                                       token_budget=args.token_budget, share_prefix=True)
+                                       score_token_budget=args.token_budget, share_prefix=True)
         prompts, answers = load_pairs(gen.tokenizer, args.pairs)
         encoded = [gen.encode_pair(p, a) for p, a in zip(prompts, answers)]
         tokens = sum(len(p) + len(a) for p, a in encoded)

@@ -18,6 +18,10 @@ cannot resume; everything else — data order, objective, export — is the same
 candidates: ``raglign data convert`` or ``retrieve`` output) instead of mined rows: the loss is
 the gold answer's NLL under a frozen generator that reads the candidates through a relaxed
 top-k mask of the reranker's scores. Its settings live in the ``gumbel:`` block.
+``objective: rrpo`` (RRPO) trains on the same canonical rows by reinforcement learning: episodes
+of k documents sampled from the reranker's Plackett-Luce policy, rewarded by a frozen reader,
+against the frozen initial reranker's greedy choices; settings in the ``rrpo:`` block, and
+``temperature`` is the policy's (scores / temperature).
 
 This module imports no torch or Ray, so ``raglign --help`` and config validation stay fast.
 """
@@ -39,8 +43,9 @@ RESUMABLE_FIELDS = frozenset({"ray", "num_workers", "use_gpu", "cpus_per_worker"
 # field of mined rows), repeated here to keep torch out of config validation; tests/test_train.py
 # checks the two stay equal.
 SCORE_OBJECTIVES = ("infonce", "supervised", "kl", "replug", "emdr")
-# Objectives whose loss runs a frozen generator over the candidates (raglign.pipeline.train_gumbel).
-LM_OBJECTIVES = ("gumbel",)
+# Objectives whose loss runs a frozen generator over the candidates (raglign.pipeline.train_gumbel,
+# raglign.pipeline.train_rrpo).
+LM_OBJECTIVES = ("gumbel", "rrpo")
 OBJECTIVE_NAMES = SCORE_OBJECTIVES + LM_OBJECTIVES
 # InfoNCE's temperature when none is given: cross-encoder logits are used as they are (tau = 1,
 # FlagEmbedding's reranker recipe); cosine scores in [-1, 1] need a sharp tau (FlagEmbedding's
@@ -66,6 +71,32 @@ class GumbelOptions(StrictModel):
     samples: PositiveInt = Field(1, description="Gumbel masks averaged per query (1 = paper)")
     answer_alias: Literal["best", "first"] = Field(
         "best", description="which gold alias the loss scores (raglign.signals.base.pick_answer)")
+
+
+class RRPOOptions(StrictModel):
+    """RRPO (../shared/design/methods.md): k = 3 (the paper's best of k_train in {1, 3, 5}),
+    n = k1 = 20 candidates, reward = the reader's F1 on its greedy answer given the chosen
+    documents. The paper's abstract gives no PPO constants; these are PPO's usual ones
+    (clip 0.2, GAE λ 0.95, γ 1) and a small KL weight.
+
+    ``reward: logprob`` (log p(gold alias | the QA prompt with the chosen documents), one
+    scoring forward, no decoding) is the cheap, dense alternative methods.md names; F1/EM need
+    one greedy answer per distinct subset. Rewards are cached per question and chosen set, so a
+    subset is never read twice by a worker.
+    """
+
+    generator: str = Field("smollm2-135m", description="frozen reader: packaged name, dir or hub id")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    n: PositiveInt = Field(20, description="candidates per question (the first n)")
+    k: PositiveInt = Field(3, description="documents chosen per episode")
+    reward: Literal["f1", "em", "logprob"] = "f1"
+    max_new_tokens: PositiveInt = Field(32, description="reader answer length (f1, em)")
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda")
+    clip_eps: float = Field(0.2, gt=0, lt=1)
+    kl_beta: float = Field(0.01, ge=0, description="weight of KL(policy || reference)")
+    answer_alias: Literal["best", "first"] = Field(
+        "best", description="the gold alias the logprob reward scores (F1/EM use every alias)")
 
 
 class TrainConfig(JobConfig):
@@ -104,14 +135,17 @@ class TrainConfig(JobConfig):
     run_name: str = "train"
     storage_path: str | None = None  # Ray Train storage; None: <output>/ray; s3://… on clusters
     gumbel: GumbelOptions | None = None  # objective gumbel only; defaults filled in for it
+    rrpo: RRPOOptions | None = None  # objective rrpo only; defaults filled in for it
 
     @model_validator(mode="before")
     @classmethod
-    def _gumbel_defaults(cls, data):
-        # objective gumbel without a gumbel: block runs with the paper's settings; filled in
+    def _lm_defaults(cls, data):
+        # objective gumbel / rrpo without its block runs with the paper's settings; filled in
         # before validation so that train_config.yaml records them.
-        if isinstance(data, dict) and data.get("objective") == "gumbel" and data.get("gumbel") is None:
-            data = {**data, "gumbel": {}}
+        if isinstance(data, dict):
+            objective = data.get("objective")
+            if objective in LM_OBJECTIVES and data.get(objective) is None:
+                data = {**data, objective: {}}
         return data
 
     @model_validator(mode="after")
@@ -119,8 +153,9 @@ class TrainConfig(JobConfig):
         if self.objective not in OBJECTIVE_NAMES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVE_NAMES)}, "
                              f"got {self.objective!r}")
-        if self.gumbel is not None and self.objective != "gumbel":
-            raise ValueError("the gumbel block applies to objective 'gumbel' only")
+        for name in LM_OBJECTIVES:
+            if getattr(self, name) is not None and self.objective != name:
+                raise ValueError(f"the {name} block applies to objective {name!r} only")
         if self.objective == "gumbel" and self.temperature is not None:
             raise ValueError("objective 'gumbel' takes no score temperature: the mask's "
                              "sharpness is gumbel.kappa / gumbel.tau")
@@ -138,6 +173,11 @@ class TrainConfig(JobConfig):
     @property
     def score_temperature(self) -> float:
         return self.temperature if self.temperature is not None else DEFAULT_TEMPERATURE[self.kind]
+
+    @property
+    def lm_options(self) -> GumbelOptions | RRPOOptions | None:
+        """The block of an objective that runs a generator (``gumbel`` / ``rrpo``)."""
+        return getattr(self, self.objective) if self.objective in LM_OBJECTIVES else None
 
     @property
     def micro_batch(self) -> int:

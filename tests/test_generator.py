@@ -183,6 +183,16 @@ def test_shared_prefix_len_rules(llama_gen):
     assert off.shared_prefix_len([long, long]) == 0
 
 
+def test_scoring_token_budget_defaults_to_the_devices(llama_gen):
+    """Scoring batches by its own budget (CPU default 1024), generation by ``token_budget``."""
+    gen = TransformersGenerator(llama_gen.model, llama_gen.tokenizer)
+    assert (gen.score_token_budget, gen.token_budget) == (1024, 8192)
+    assert TransformersGenerator(llama_gen.model, llama_gen.tokenizer,
+                                 score_token_budget=64).score_token_budget == 64
+    with pytest.raises(ConfigError, match="score_token_budget"):
+        TransformersGenerator(llama_gen.model, llama_gen.tokenizer, score_token_budget=0)
+
+
 def test_greedy_generation_matches_manual_argmax_loop(tiny_qwen2, smollm_tokenizer, qwen_gen):
     prompt = pairs_for(smollm_tokenizer)[0][0]
     ids = encode_prompt(smollm_tokenizer, prompt)

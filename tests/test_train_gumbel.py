@@ -76,10 +76,10 @@ def test_gumbel_config_defaults_errors_and_recipe():
 
 
 def test_table_takes_first_n_candidates_and_rows_without_answers_are_errors(tmp_path):
-    from raglign.pipeline.train_gumbel import load_gumbel_table
+    from raglign.pipeline.lm_table import load_lm_table
 
     cfg = _cfg("d", "m", "g", tmp_path)
-    table, provenance = load_gumbel_table(write_rows(_rows(), tmp_path / "ok")[0], cfg.gumbel)
+    table, provenance = load_lm_table(write_rows(_rows(), tmp_path / "ok")[0], cfg.gumbel, "gumbel")
     row = table.to_pylist()[1]
     assert row["docs"] == ["Italy\nThe capital of Italy is Rome.", "Oslo\nOslo is a large city.",
                            "Madrid\nMadrid is a large city."]  # 4 candidates, n = 3
@@ -88,7 +88,7 @@ def test_table_takes_first_n_candidates_and_rows_without_answers_are_errors(tmp_
     bad[2]["answers"] = []
     data = write_rows(bad, tmp_path / "bad")[0]
     with pytest.raises(DataError, match=r"part-00000.parquet, record q2, field 'answers'"):
-        load_gumbel_table(str(data), cfg.gumbel)
+        load_lm_table(str(data), cfg.gumbel, "gumbel")
 
 
 def test_loss_is_gumbel_lm_loss_and_reaches_the_reranker_only(
@@ -97,10 +97,11 @@ def test_loss_is_gumbel_lm_loss_and_reaches_the_reranker_only(
     noise; the backward fills the reranker's gradients and none of the LLM's."""
     from raglign.objectives.gumbel import gumbel_lm_loss
     from raglign.pipeline.train import _scorer_class, build_reranker, make_batch
-    from raglign.pipeline.train_gumbel import GumbelLoss, load_gumbel_table
+    from raglign.pipeline.lm_table import load_lm_table
+    from raglign.pipeline.train_gumbel import GumbelLoss
 
     cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path)
-    table, _ = load_gumbel_table(canonical_dir, cfg.gumbel)
+    table, _ = load_lm_table(canonical_dir, cfg.gumbel, "gumbel")
     batch = make_batch(table, [0, 1])  # 3 and 3 candidates (row 1's fourth is past n)
     loss_fn = GumbelLoss(cfg.gumbel, torch.device("cpu"))
     llm = loss_fn.engine.model

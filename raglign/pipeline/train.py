@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from raglign.config import dump_yaml, read_yaml
 from raglign.data.io import parquet_files
 from raglign.errors import ConfigError, DataError, RaglignError
-from raglign.training_config import RESUMABLE_FIELDS, TrainConfig
+from raglign.training_config import LM_OBJECTIVES, RESUMABLE_FIELDS, TrainConfig
 
 LABEL_TOLERANCE = 1e-3  # how far a target row may sum from 1 (float32 writers round)
 
@@ -254,14 +254,22 @@ class ScoreLoss:
     def pop_metrics(self) -> dict[str, float]:
         return {}
 
+    def pop_means(self) -> dict[str, float]:
+        return {}
+
 
 def build_loss(cfg: TrainConfig, device):
     """``loss(model, batch) -> scalar`` for the configured objective, built once per worker;
-    ``pop_metrics()`` gives its own per-window metrics (gumbel: document-cache MiB)."""
+    ``pop_metrics()`` gives its own per-window peaks (gumbel: document-cache MiB), maximised
+    over workers, and ``pop_means()`` its per-window means (rrpo: rewards, KL), averaged."""
     if cfg.objective == "gumbel":
         from raglign.pipeline.train_gumbel import GumbelLoss
 
         return GumbelLoss(cfg.gumbel, device)
+    if cfg.objective == "rrpo":
+        from raglign.pipeline.train_rrpo import RRPOLoss
+
+        return RRPOLoss(cfg, device)
     from raglign.objectives import OBJECTIVES, LossParams
 
     return ScoreLoss(OBJECTIVES[cfg.objective],
@@ -394,21 +402,25 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # the peak of every step so far).
         memory = {**_memory_metrics(device), **compute_loss.pop_metrics()}
         peaks = torch.tensor(list(memory.values()), dtype=torch.float64, device=device)
+        means = compute_loss.pop_means()
+        mean_values = torch.tensor(list(means.values()), dtype=torch.float64, device=device)
         if world > 1:
             dist.all_reduce(stats)
             dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
+            dist.all_reduce(mean_values)
         elapsed = time.perf_counter() - t0
         metrics = {"step": step, "epoch": round(step / steps_per_epoch, 4),
                    "loss": stats[0].item() / (window_steps * world),
                    "lr": scheduler.get_last_lr()[0], "pairs_per_s": stats[1].item() / elapsed,
                    "total_steps": total,
-                   **{k: round(v, 1) for k, v in zip(memory, peaks.tolist())}}
+                   **{k: round(v, 1) for k, v in zip(memory, peaks.tolist())},
+                   **{k: v / world for k, v in zip(means, mean_values.tolist())}}
         history.append(metrics)
         if rank == 0:
             print(f"[raglign train] step {step}/{total} epoch {metrics['epoch']:.2f} "
                   f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                  f"pairs/s {metrics['pairs_per_s']:.1f} peak RSS {metrics['peak_rss_mib']:.0f} MiB",
-                  flush=True)
+                  f"pairs/s {metrics['pairs_per_s']:.1f} peak RSS {metrics['peak_rss_mib']:.0f} MiB"
+                  + "".join(f" {k} {metrics[k]:.3f}" for k in means), flush=True)
         if checkpoint_now and (step == stop_at or not local):
             # Local mode keeps no intermediate checkpoints (it cannot resume) and hands the
             # final directory itself to the driver, so that one must outlive this function.
@@ -488,6 +500,14 @@ def _card_objective(cfg: TrainConfig) -> tuple[str, str]:
                 f"top-{g.k} mask of the scores (tau {g.tau}, kappa {g.kappa}, noise {g.noise}, "
                 f"{g.samples} mask(s) per query)")
         return f"gold answers (alias `{g.answer_alias}`) over the first {g.n} candidates", loss
+    if cfg.objective == "rrpo":
+        r = cfg.rrpo
+        loss = (f"RRPO: PPO clipped surrogate (eps {r.clip_eps}) on episodes of {r.k} documents "
+                f"sampled from the Plackett-Luce policy of the scores (temperature "
+                f"{cfg.score_temperature}), reward `{r.reward}` from the frozen reader "
+                f"`{r.generator}` ({r.dtype}), advantages against the initial reranker's greedy "
+                f"episode (gamma {r.gamma}, GAE lambda {r.lam}), KL weight {r.kl_beta}")
+        return f"gold answers over the first {r.n} candidates", loss
     from raglign.objectives import OBJECTIVES
 
     obj = OBJECTIVES[cfg.objective]
@@ -580,10 +600,12 @@ def train(cfg: TrainConfig) -> TrainResult:
     """Run (or resume) the training job and export ``OUTPUT/model``, metrics and loss curve."""
     from raglign.ray_session import ray_session
 
-    if cfg.objective == "gumbel":
-        from raglign.pipeline.train_gumbel import load_gumbel_table
+    if cfg.objective in LM_OBJECTIVES:
+        from raglign.pipeline.lm_table import load_lm_table
 
-        table, provenance = load_gumbel_table(cfg.data, cfg.gumbel, cfg.limit)
+        # An RRPO episode chooses k documents, so each row needs k candidates.
+        table, provenance = load_lm_table(cfg.data, cfg.lm_options, cfg.objective, cfg.limit,
+                                          cfg.rrpo.k if cfg.rrpo else 1)
     else:
         table, provenance = load_train_table(cfg.data, cfg.objective, cfg.limit)
     if table.num_rows < cfg.batch_size:

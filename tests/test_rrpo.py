@@ -1,0 +1,282 @@
+"""RRPO: the Plackett-Luce policy, reference-anchored advantages and the clipped objective checked
+against closed forms; the trainer's rollouts and rewards against the reader computed directly;
+``raglign train`` with ``objective: rrpo`` end to end on Ray Train.
+
+The reranker is conftest's tiny random BERT and the reader conftest's tiny Llama (SmolLM2's
+architecture and tokenizer) saved to a directory, loaded by the same path as a real model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+
+from raglign.config import validate
+from raglign.data.io import write_rows
+from raglign.errors import ConfigError, DataError
+from raglign.objectives.rrpo import (action_log_probs, greedy_episode, normalize_advantages,
+                                     plackett_luce_sample, reference_anchored_advantages,
+                                     rrpo_loss, step_log_policies)
+from raglign.training_config import TrainConfig
+from test_train_gumbel import _rows, canonical_dir, generator_dir  # noqa: F401 (fixtures)
+
+
+def pl_probability(logits: list[float], order: tuple[int, ...]) -> float:
+    """Plackett-Luce probability of choosing ``order`` first, by the textbook product."""
+    left, p = list(range(len(logits))), 1.0
+    for a in order:
+        p *= math.exp(logits[a]) / sum(math.exp(logits[j]) for j in left)
+        left.remove(a)
+    return p
+
+
+def test_gumbel_top_k_samples_plackett_luce_and_skips_padding():
+    logits = torch.tensor([[1.0, 0.0, -0.5, 0.3]])
+    valid = torch.tensor([[True, True, True, False]])
+    gen = torch.Generator().manual_seed(0)
+    N = 20000
+    actions = plackett_luce_sample(logits.expand(N, -1), 2, valid.expand(N, -1), gen)
+    assert not (actions == 3).any()
+    counts: dict[tuple[int, int], int] = {}
+    for a, b in actions.tolist():
+        counts[(a, b)] = counts.get((a, b), 0) + 1
+    for order in itertools.permutations(range(3), 2):
+        expected = pl_probability([1.0, 0.0, -0.5], order)
+        assert counts.get(order, 0) / N == pytest.approx(expected, abs=0.012), order
+    with pytest.raises(ValueError, match="at least k=3"):
+        plackett_luce_sample(logits, 3, torch.tensor([[True, True, False, False]]))
+
+
+def test_step_policies_give_the_plackett_luce_log_probability_and_its_gradient():
+    logits = torch.tensor([[0.2, -1.0, 0.7, 0.1, 0.0]], dtype=torch.float64, requires_grad=True)
+    valid = torch.tensor([[True, True, True, True, False]])
+    actions = torch.tensor([[2, 0, 3]])
+    log_pol = step_log_policies(logits, actions, valid)
+    assert torch.isinf(log_pol[0, 1, 2]) and torch.isinf(log_pol[0, 2, 0])  # chosen: gone
+    assert torch.isinf(log_pol[0, :, 4]).all()  # padding: never available
+    total = action_log_probs(log_pol, actions).sum()
+    assert total.item() == pytest.approx(math.log(pl_probability(logits[0, :4].tolist(),
+                                                                 (2, 0, 3))), abs=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda x: action_log_probs(step_log_policies(x, actions, valid), actions), (logits,))
+    assert greedy_episode(logits, 3, valid).tolist() == [[2, 0, 3]]
+
+
+def test_advantages_are_gae_of_the_reward_minus_the_reference_reward():
+    r = torch.tensor([[0.2, 0.5, 1.0], [0.0, 0.0, 0.3]])
+    ref = torch.tensor([[0.1, 0.6, 0.6], [0.0, 0.0, 0.3]])
+    gamma, lam = 0.9, 0.8
+    adv = reference_anchored_advantages(r, ref, gamma, lam)
+    delta = r - ref  # V(s_t) = reference's greedy return-to-go: the TD error telescopes to this
+    for b in range(2):
+        for t in range(3):
+            want = sum((gamma * lam) ** (l - t) * delta[b, l].item() for l in range(t, 3))
+            assert adv[b, t].item() == pytest.approx(want, abs=1e-6)
+    mc = reference_anchored_advantages(r, ref, 1.0, 1.0)  # Monte Carlo: return-to-go difference
+    assert mc[0].tolist() == pytest.approx([0.4, 0.3, 0.4], abs=1e-6)
+    # An episode that matches the reference carries no preference.
+    assert reference_anchored_advantages(ref, ref).abs().max() == 0
+    norm = normalize_advantages(adv)
+    assert norm.mean().item() == pytest.approx(0, abs=1e-6)
+    assert norm.std().item() == pytest.approx(1, abs=1e-5)
+    assert normalize_advantages(torch.full((2, 3), 0.7)).abs().max() == 0
+
+
+def test_rrpo_loss_is_the_clipped_surrogate_plus_exact_kl():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    ref = torch.randn(2, 5, dtype=torch.float64)
+    valid = torch.tensor([[True] * 5, [True, True, True, True, False]])
+    actions = torch.tensor([[1, 4], [3, 0]])
+    adv = torch.tensor([[1.0, -0.5], [0.3, 2.0]], dtype=torch.float64)
+    new = action_log_probs(step_log_policies(logits, actions, valid), actions).detach()
+    # Old log-probs: ratio 1.5 on step (0, 0) with a positive advantage (clipped at 1.2) and
+    # ratio 0.5 on (1, 1) with a positive advantage (not clipped: min keeps the smaller).
+    old = new.clone()
+    old[0, 0] -= math.log(1.5)
+    old[1, 1] -= math.log(0.5)
+    loss, parts = rrpo_loss(logits, ref, actions, old, adv, valid, clip_eps=0.2, kl_beta=0.1)
+
+    ratio = torch.exp(new - old)
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+    kl = 0.0
+    for b, t in itertools.product(range(2), range(2)):
+        left = [j for j in range(5) if valid[b, j] and j not in actions[b, :t].tolist()]
+        p = torch.softmax(logits.detach()[b, left], -1)
+        q = torch.softmax(ref[b, left], -1)
+        kl += float((p * (p / q).log()).sum()) / 4
+    assert loss.item() == pytest.approx(-surrogate.item() + 0.1 * kl, abs=1e-10)
+    assert parts["kl"] == pytest.approx(kl, abs=1e-10)
+    # PPO's usual statistic: ratios outside [1 - eps, 1 + eps], whichever term min keeps.
+    assert parts["clip_fraction"] == pytest.approx(2 / 4)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad[1, 4] == 0  # padding: no gradient
+    # The clipped step contributes no surrogate gradient: moving its log-prob changes nothing.
+    g = torch.zeros_like(logits, requires_grad=True)
+    only = torch.zeros(2, 2, dtype=torch.float64)
+    only[0, 0] = 1.0
+    clipped_loss, _ = rrpo_loss(logits.detach() + g, ref, actions, old, adv * only, valid,
+                                clip_eps=0.2, kl_beta=0.0)
+    clipped_loss.backward()
+    assert g.grad.abs().max() == 0
+
+
+def test_policy_gradient_learns_a_bandit():
+    """Reward 1 when document 0 is among the k = 2 chosen, reference = uniform policy: the
+    policy's probability of choosing document 0 must rise."""
+    torch.manual_seed(0)
+    logits = torch.zeros(1, 4, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=0.5)
+    for _ in range(40):
+        x = logits.expand(64, -1)
+        actions = plackett_luce_sample(x, 2)
+        ref_actions = greedy_episode(torch.tensor([[0.0, 0.0, 0.0, 1.0]]).expand(64, -1), 2)
+        reward = lambda a: (a == 0).cumsum(1).clamp(max=1).float()  # noqa: E731
+        adv = normalize_advantages(reference_anchored_advantages(reward(actions),
+                                                                 reward(ref_actions)))
+        old = action_log_probs(step_log_policies(x.detach(), actions), actions)
+        loss, _ = rrpo_loss(x, torch.zeros(64, 4), actions, old, adv, kl_beta=0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert torch.softmax(logits.detach(), -1)[0, 0] > 0.6
+
+
+# --------------------------------------------------------------------------- the trainer's loss
+
+def _cfg(data, model, generator, output, **kw) -> TrainConfig:
+    base = {"data": data, "output": str(output), "model": str(model), "objective": "rrpo",
+            "rrpo": {"generator": generator, "dtype": "float32", "n": 3, "k": 2,
+                     "reward": "logprob"},
+            "lr": 1e-2, "batch_size": 2, "epochs": 1, "max_length": 48, "num_workers": 1,
+            "log_every": 1, "checkpoint_every": 2, "warmup_ratio": 0.0}
+    return TrainConfig(**(base | kw))
+
+
+def test_rrpo_config_defaults_and_errors(tmp_path):
+    r = TrainConfig(data="d", output="o", objective="rrpo").rrpo
+    assert (r.k, r.n, r.reward, r.gamma, r.lam, r.clip_eps) == (3, 20, "f1", 1.0, 0.95, 0.2)
+    assert TrainConfig(data="d", output="o").rrpo is None
+    for bad, match in [({"rrpo": {"k": 3}}, "applies to objective 'rrpo' only"),
+                       ({"objective": "rrpo", "rrpo": {"reward": "bleu"}}, "rrpo.reward"),
+                       ({"objective": "rrpo", "rrpo": {"clip_eps": 0}}, "rrpo.clip_eps")]:
+        with pytest.raises(ConfigError, match=match):
+            validate(TrainConfig, {"job": "train", "data": "d", "output": "o", **bad}, "t.yaml")
+
+
+def test_rows_with_fewer_than_k_candidates_are_errors(tmp_path, tiny_bert_dir):
+    from raglign.pipeline.train import train
+
+    rows = _rows()
+    rows[3]["candidates"] = rows[3]["candidates"][:1]
+    data = write_rows(rows, tmp_path / "short")[0]
+    cfg = _cfg(str(data), tiny_bert_dir, "g", tmp_path / "out", num_workers=0)
+    with pytest.raises(DataError, match=r"record q3, field 'candidates'.*needs at least 2"):
+        train(cfg)
+
+
+@pytest.fixture(scope="module")
+def loss_parts(canonical_dir, tiny_bert_dir, generator_dir, tmp_path_factory):
+    from raglign.pipeline.lm_table import load_lm_table
+    from raglign.pipeline.train import _scorer_class, build_reranker, make_batch
+    from raglign.pipeline.train_rrpo import RRPOLoss
+
+    cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path_factory.mktemp("o"))
+    table, _ = load_lm_table(canonical_dir, cfg.rrpo, "rrpo", min_candidates=2)
+    return cfg, make_batch(table, [0, 1, 2]), RRPOLoss(cfg, torch.device("cpu")), build_reranker(cfg)
+
+
+def test_logprob_rewards_are_the_readers_likelihoods_and_are_cached(loss_parts):
+    """Each prefix's reward is log p(answer | ordinary prompt with those documents in candidate
+    order), the document engine's exact (concatenated) reference."""
+    from raglign.engine import DocumentEngine
+
+    cfg, batch, loss_fn, _ = loss_parts
+    engine = DocumentEngine(loss_fn.reader.model, loss_fn.reader.tokenizer)
+    loss_fn.cache.clear()
+    episodes = [torch.tensor([[2, 0], [1, 2], [0, 1]]), torch.tensor([[0, 1], [1, 2], [0, 2]])]
+    got = loss_fn.rewards(batch, episodes)
+    cols = batch.columns
+    for ep, rew in zip(episodes, got):
+        for i in range(3):
+            docs = list(zip(cols["titles"][i], cols["texts"][i]))
+            for t in range(2):
+                keep = sorted(ep[i, :t + 1].tolist())
+                want = engine.concat_logprob(cols["question"][i], docs, cols["answer"][i],
+                                             keep=keep)
+                assert rew[i, t].item() == pytest.approx(want.item(), abs=1e-4)
+    # 6 + 6 prefixes, of which row 1's {1} and {1, 2} and row 2's {0} repeat.
+    assert loss_fn.pop_means()["rrpo_reads"] == 9
+    again = loss_fn.rewards(batch, episodes)
+    assert all(torch.equal(a, b) for a, b in zip(again, got))
+    assert loss_fn.pop_means()["rrpo_reads"] == 0
+
+
+def test_f1_rewards_score_the_readers_greedy_answer(loss_parts):
+    from raglign.metrics import f1_score
+    from raglign.pipeline.train_rrpo import RRPOLoss
+    from raglign.prompts import parallel_prompt
+
+    cfg, batch, logprob_loss, _ = loss_parts
+    f1_cfg = cfg.model_copy(update={"rrpo": cfg.rrpo.model_copy(update={"reward": "f1"})})
+    loss_fn = RRPOLoss(f1_cfg, torch.device("cpu"))
+    loss_fn.reader = logprob_loss.reader  # the same weights, loaded once
+    episode = torch.tensor([[1, 0], [0, 2], [2, 1]])
+    got, = loss_fn.rewards(batch, [episode])
+    cols = batch.columns
+    for i in range(3):
+        for t in range(2):
+            docs = [(cols["titles"][i][j], cols["texts"][i][j])
+                    for j in sorted(episode[i, :t + 1].tolist())]
+            answer = loss_fn.reader.generate([parallel_prompt(loss_fn.reader.tokenizer,
+                                                              cols["question"][i], docs)],
+                                             max_new_tokens=32)[0]
+            assert got[i, t].item() == pytest.approx(f1_score(answer, cols["answers"][i]))
+
+
+def test_loss_trains_the_reranker_only_and_reports_means(loss_parts):
+    from raglign.pipeline.train import _scorer_class
+
+    cfg, batch, loss_fn, reranker = loss_parts
+    reranker.eval()
+    model = _scorer_class()(reranker, False)
+    torch.manual_seed(3)
+    loss = loss_fn(model, batch)
+    loss.backward()
+    grads = [p.grad for p in reranker.parameters() if p.grad is not None]
+    assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert all(p.grad is None for p in loss_fn.reference.parameters())
+    assert all(p.grad is None for p in loss_fn.reader.model.parameters())
+    # The reference is the initial reranker: before any step, KL to it is zero.
+    means = loss_fn.pop_means()
+    assert means["rrpo_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert means["rrpo_clip_fraction"] == 0.0  # one update per rollout: ratio 1
+    assert set(means) >= {"rrpo_reward", "rrpo_ref_reward", "rrpo_surrogate", "rrpo_reads"}
+
+
+def test_ray_train_rrpo_trains_resumes_and_exports(tmp_path, ray_local, canonical_dir,
+                                                   tiny_bert_dir, generator_dir):
+    from raglign.models.rerankers import load_reranker
+    from raglign.pipeline.train import build_reranker, train
+
+    cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path / "out")
+    initial = {k: v.clone() for k, v in build_reranker(cfg).state_dict().items()}
+    first = train(cfg.model_copy(update={"max_steps": 2}))
+    assert (first.step, first.total_steps) == (2, 4)
+    early = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    second = train(cfg)
+    lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert second.step == 4 and lines[:2] == early
+    history = [json.loads(line) for line in lines]
+    assert [h["step"] for h in history] == [1, 2, 3, 4]
+    assert all(h["rrpo_reward"] < 0 and h["rrpo_ref_reward"] < 0 for h in history)  # log-probs
+    assert all(0 < h["rrpo_reads"] <= 2 * 2 * 2 for h in history)
+    after = load_reranker(str(second.model_dir), kind="cross", max_length=48).state_dict()
+    assert sum(not torch.equal(initial[k], after[k]) for k in initial) > len(initial) // 2
+    card = (second.model_dir / "README.md").read_text()
+    assert "objective: rrpo" in card and "RRPO: PPO clipped surrogate" in card
