@@ -3,7 +3,8 @@
     raglign demo --output runs/demo                      # first: labels, split, RADIO, PDist
     python benchmarks/quality.py --demo runs/demo --out runs/quality [--methods M,...]
 
-``--methods`` picks from loop, emdr, supervised, grerank (default: all but grerank).
+``--methods`` picks from loop, emdr, supervised, grerank, rrpo (default: all but grerank and
+rrpo, the two that run the LLM inside training).
 
 Methods (all start from the demo's base reranker, train with the demo's schedule on the demo's
 *training* questions and are evaluated on its *test* questions):
@@ -17,6 +18,7 @@ Methods (all start from the demo's base reranker, train with the demo's schedule
 | emdr | answer_logprob per document (EMDR^2's marginal) | `mine --lm-logprobs` of the demo's labels | emdr |
 | supervised | the gold paragraphs (`is_gold`) | canonical rows | supervised (BCE; CoSENT for bi-encoders) |
 | grerank | the gold answer's NLL through the frozen LLM (Algorithm 1) | canonical rows | gumbel |
+| rrpo | episodes of k documents rewarded by the frozen LLM (log p of the gold answer) | canonical rows | rrpo |
 
 Plus two reader references that train nothing: ``oracle`` (gold paragraphs first, the reader's
 ceiling with perfect reranking) and the base ranking read by each ``--readers`` model.
@@ -39,7 +41,7 @@ METRICS = ["recall@5", "ndcg@5", "mrr", "indirect_recall@5", "em", "subem", "f1"
 TRAINED = {"radio": "infonce", "pdist": "kl", "loop": "kl", "emdr": "emdr",
            "supervised": "supervised"}
 # Trained here (--methods); the demo already trained radio and pdist.
-EXTRA_METHODS = ("loop", "emdr", "supervised", "grerank")
+EXTRA_METHODS = ("loop", "emdr", "supervised", "grerank", "rrpo")
 
 
 def log(msg: str) -> None:
@@ -108,7 +110,7 @@ def prepare_data(demo: Path, out: Path, demo_cfg: dict, args) -> dict[str, Path]
                             lm_logprobs=True), progress=lambda s: log(s))
     data["supervised"] = write_once(lambda: supervised_rows(read_rows(train_dir), str(train_dir)),
                                     out / "mined" / "supervised")
-    data["grerank"] = train_dir
+    data["grerank"] = data["rrpo"] = train_dir
     return data
 
 
@@ -132,6 +134,11 @@ def train_models(demo: Path, out: Path, demo_cfg: dict, data: dict[str, Path], a
                           epochs=args.grerank_epochs,
                           gumbel={"generator": demo_cfg["generator"], "n": 10,
                                   "k": demo_cfg["k"]})
+        elif method == "rrpo":
+            common.update(objective="rrpo", batch_size=args.rrpo_batch_size,
+                          epochs=args.rrpo_epochs, temperature=args.rrpo_temperature,
+                          rrpo={"generator": demo_cfg["generator"], "n": 10, "k": args.rrpo_k,
+                                "reward": args.rrpo_reward})
         else:
             common.update(objective=TRAINED[method])
         t = time.monotonic()
@@ -227,6 +234,13 @@ def main() -> None:
                          "frozen-LLM forward per step, the costliest)")
     ap.add_argument("--grerank-epochs", type=int, default=1)
     ap.add_argument("--grerank-batch-size", type=int, default=2)
+    ap.add_argument("--rrpo-epochs", type=int, default=2)
+    ap.add_argument("--rrpo-batch-size", type=int, default=2)
+    ap.add_argument("--rrpo-k", type=int, default=3, help="documents per episode (paper: 3)")
+    ap.add_argument("--rrpo-reward", default="logprob", choices=["logprob", "f1", "em"],
+                    help="logprob: dense and cheap on a CPU; f1 is the paper's")
+    ap.add_argument("--rrpo-temperature", type=float, default=None,
+                    help="policy temperature on the scores (default: the kind's, 0.02 bi)")
     ap.add_argument("--loo-k", type=int, default=5, help="LOOP's K (the reader's k2)")
     ap.add_argument("--actors", type=int, default=2, help="labelling actors")
     ap.add_argument("--shard-rows", type=int, default=17, help="labelling shard size")

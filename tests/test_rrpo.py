@@ -11,11 +11,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from raglign.config import validate
+from raglign.config import load_job, validate
 from raglign.data.io import write_rows
 from raglign.errors import ConfigError, DataError
 from raglign.objectives.rrpo import (action_log_probs, greedy_episode, normalize_advantages,
@@ -161,6 +162,9 @@ def test_rrpo_config_defaults_and_errors(tmp_path):
     r = TrainConfig(data="d", output="o", objective="rrpo").rrpo
     assert (r.k, r.n, r.reward, r.gamma, r.lam, r.clip_eps) == (3, 20, "f1", 1.0, 0.95, 0.2)
     assert TrainConfig(data="d", output="o").rrpo is None
+    recipe = load_job(Path(__file__).resolve().parents[1] / "jobs" / "train_rrpo_hotpotqa.yaml")
+    assert isinstance(recipe, TrainConfig) and recipe.objective == "rrpo"
+    assert (recipe.rrpo.k, recipe.rrpo.reward, recipe.score_temperature) == (3, "f1", 1.0)
     for bad, match in [({"rrpo": {"k": 3}}, "applies to objective 'rrpo' only"),
                        ({"objective": "rrpo", "rrpo": {"reward": "bleu"}}, "rrpo.reward"),
                        ({"objective": "rrpo", "rrpo": {"clip_eps": 0}}, "rrpo.clip_eps")]:

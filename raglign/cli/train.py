@@ -33,16 +33,17 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a cross-/bi-encoder reranker with Ray Train; "
                                      "re-running the same command resumes")
     p.add_argument("data", nargs="?", help="groups or soft-target rows (raglign mine output); "
-                                           "canonical rows with candidates for gumbel")
+                                           "canonical rows with candidates for gumbel and rrpo")
     p.add_argument("output", nargs="?", help="run directory: model/, metrics.jsonl, loss_curve.png")
     p.add_argument("--config", help="a train job YAML (jobs/train_*.yaml); flags override it")
     p.add_argument("--model", help="base reranker: short name, directory or hub id (minilm-l6)")
     p.add_argument("--kind", choices=["cross", "bi"], help="cross-encoder (default) or bi-encoder")
     p.add_argument("--objective", choices=list(OBJECTIVE_NAMES),
-                   help="loss (default infonce; gumbel: G-Rerank through a frozen LLM, options "
-                        "in the YAML's gumbel: block; see docs/training.md)")
+                   help="loss (default infonce; gumbel: G-Rerank through a frozen LLM, rrpo: "
+                        "RL against a frozen reader; options in the YAML's gumbel: / rrpo: "
+                        "block; see docs/training.md)")
     p.add_argument("--temperature", type=float,
-                   help="score temperature (default 1.0 cross, 0.02 bi)")
+                   help="score temperature (default 1.0 cross, 0.02 bi); rrpo: the policy's")
     p.add_argument("--beta", type=float, help="REPLUG's LM temperature (default 1.0)")
     p.add_argument("--in-batch-negatives", dest="in_batch_negatives", action="store_const",
                    const=True, help="InfoNCE with all groups' documents as negatives (bi only)")
