@@ -381,7 +381,8 @@ class TransformersGenerator(Generator):
     def _prefix_cache(self, ids: list[int], rows: int) -> DynamicCache:
         """Keys/values of ``ids`` encoded once by the decoder (no head), viewed as ``rows``
         batch rows. A config-less cache, as in the document engine: a config would make
-        Gemma's sliding layers truncate it; the model's own masks apply the window."""
+        Gemma's sliding layers truncate it. The prefix pass itself has no padding, so the
+        model's own masks (window by index) are right there."""
         cache = DynamicCache()
         self.model.get_decoder()(input_ids=torch.tensor([ids], device=self.device), cache=cache,
                                  use_cache=True)

@@ -125,8 +125,9 @@ class RRPOLoss:
                                 o.kl_beta)
         self._add("reward", rewards[:, -1].mean().item())
         self._add("ref_reward", ref_rewards[:, -1].mean().item())
-        for name, value in parts.items():
-            self._add(name, value)
+        # The surrogate's value (ratio 1, normalised advantages) and the clip fraction are 0 by
+        # construction here; the KL is what the loss value tracks.
+        self._add("kl", parts["kl"])
         self._count += 1
         return loss
 
@@ -137,9 +138,9 @@ class RRPOLoss:
         return {}
 
     def pop_means(self) -> dict[str, float]:
-        """Means over the micro-batches since the last call: the episode's final reward and
-        the reference's, KL, clip fraction; ``reads`` is the reader calls per micro-batch
-        (falls as the reward cache fills)."""
+        """Means over the micro-batches since the last call: the sampled episode's final reward
+        and the reference's, the KL to the reference; ``reads`` is the reader calls per
+        micro-batch (falls as the reward cache fills)."""
         n = max(self._count, 1)
         out = {f"rrpo_{k}": v / n for k, v in sorted(self._window.items())}
         self._window, self._count = {}, 0
