@@ -75,12 +75,10 @@ def action_log_probs(log_policies: torch.Tensor, actions: torch.Tensor) -> torch
 def reference_anchored_advantages(rewards: torch.Tensor, ref_rewards: torch.Tensor,
                                   gamma: float = 1.0, lam: float = 0.95) -> torch.Tensor:
     """``[B, k]`` GAE advantages of the per-step rewards against the deterministic baseline
-    V(s_t) = Σ_{l≥t} γ^{l-t} r^ref_l (the reference's greedy return-to-go; V(s_{k+1}) = 0)."""
+    V(s_t) = Σ_{l≥t} γ^{l-t} r^ref_l (the reference's greedy return-to-go; V(s_{k+1}) = 0),
+    whose TD errors are δ_t = r_t - r^ref_t (module docstring), so V is never built."""
     B, k = rewards.shape
-    values = torch.zeros(B, k + 1, dtype=rewards.dtype, device=rewards.device)
-    for t in reversed(range(k)):
-        values[:, t] = ref_rewards[:, t] + gamma * values[:, t + 1]
-    deltas = rewards + gamma * values[:, 1:] - values[:, :-1]
+    deltas = rewards - ref_rewards
     adv = torch.zeros_like(rewards)
     running = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
     for t in reversed(range(k)):
@@ -100,19 +98,23 @@ def normalize_advantages(adv: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 def rrpo_loss(logits: torch.Tensor, ref_logits: torch.Tensor, actions: torch.Tensor,
-              old_log_probs: torch.Tensor, advantages: torch.Tensor,
+              old_log_probs: torch.Tensor | None, advantages: torch.Tensor,
               valid: torch.Tensor | None = None, clip_eps: float = 0.2,
               kl_beta: float = 0.01) -> tuple[torch.Tensor, dict[str, float]]:
     """PPO clipped surrogate over the k steps of each episode plus β·KL(π_θ || π_ref).
 
     ``logits`` (with grad) and ``ref_logits`` are ``[B, n]`` scores / temperature;
     ``old_log_probs`` ``[B, k]`` the log-probabilities of ``actions`` under the policy that
-    sampled them. Returns the loss and its parts (surrogate, KL, fraction of clipped steps).
+    sampled them; None when that is the policy being updated (ratio 1). Returns the loss and
+    its parts (surrogate, KL, fraction of clipped steps).
     """
     log_pol = step_log_policies(logits, actions, valid)
     with torch.no_grad():
         ref_log_pol = step_log_policies(ref_logits, actions, valid)
-    ratio = torch.exp(action_log_probs(log_pol, actions) - old_log_probs)
+    new_log_probs = action_log_probs(log_pol, actions)
+    if old_log_probs is None:
+        old_log_probs = new_log_probs.detach()
+    ratio = torch.exp(new_log_probs - old_log_probs)
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
     surrogate = torch.minimum(ratio * advantages, clipped * advantages).mean()
     # Unavailable documents have log π = -inf under both policies: their difference is set to

@@ -206,12 +206,17 @@ def load_label_config(path: str | None = None, overrides: Mapping[str, Any] | No
 
 
 # ------------------------------------------------------------------------------------- labelling
+def gold_answers(row: Mapping[str, Any]) -> list[str]:
+    """The row's non-empty gold answer strings."""
+    return [a for a in (row.get("answers") or []) if isinstance(a, str) and a.strip()]
+
+
 def prepare_item(row: Mapping[str, Any], policy: str) -> Item | str:
     """An :class:`Item`, or the reason the row cannot be labelled."""
     cands = row.get("candidates") or []
     if not cands:
         return "no candidates"
-    answers = [a for a in (row.get("answers") or []) if isinstance(a, str) and a.strip()]
+    answers = gold_answers(row)
     if not answers:
         return "no answers"
     docs = [(c.get("title") or None, c.get("text") or "") for c in cands]

@@ -31,7 +31,7 @@ def load_lm_table(path: str, options: Any, objective: str, limit: int | None = N
     trained through).
     """
     from raglign.models.rerankers import doc_text
-    from raglign.pipeline.label import prepare_item
+    from raglign.pipeline.label import gold_answers, prepare_item
     from raglign.signals.base import Item
 
     cols: dict[str, list[Any]] = {k: [] for k in ("id", "question", "docs", "titles", "texts",
@@ -58,7 +58,7 @@ def load_lm_table(path: str, options: Any, objective: str, limit: int | None = N
             cols["texts"].append([x for _, x in item.docs])
             cols["choices"].append(list(item.choices) if item.choices else None)
             cols["answer"].append(item.answer)
-            cols["answers"].append([a for a in row["answers"] if isinstance(a, str) and a.strip()])
+            cols["answers"].append(gold_answers(row))
             if limit is not None and len(cols["id"]) >= limit:
                 break
         if limit is not None and len(cols["id"]) >= limit:

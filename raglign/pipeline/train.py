@@ -238,8 +238,19 @@ def _param_groups(model, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+class WindowMetrics:
+    """What a loss reports per logging window besides the loss: ``pop_metrics()`` peaks
+    (maximised over workers), ``pop_means()`` means (averaged over workers); none by default."""
+
+    def pop_metrics(self) -> dict[str, float]:
+        return {}
+
+    def pop_means(self) -> dict[str, float]:
+        return {}
+
+
 @dataclass
-class ScoreLoss:
+class ScoreLoss(WindowMetrics):
     """A loss of the reranker's scores against the rows' per-document values (OBJECTIVES)."""
 
     objective: Any  # raglign.objectives.Objective
@@ -250,12 +261,6 @@ class ScoreLoss:
         scores = model(batch.queries, batch.docs)
         return self.objective.loss(scores.float(), batch.values.to(self.device),
                                    batch.mask.to(self.device), self.params)
-
-    def pop_metrics(self) -> dict[str, float]:
-        return {}
-
-    def pop_means(self) -> dict[str, float]:
-        return {}
 
 
 def build_loss(cfg: TrainConfig, device):

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from raglign.pipeline.train import WindowMetrics
 from raglign.training_config import GumbelOptions
 
 if TYPE_CHECKING:
     from raglign.pipeline.train import Batch
 
 
-class GumbelLoss:
+class GumbelLoss(WindowMetrics):
     """Per-worker G-Rerank loss: ``loss = GumbelLoss(options, device)(model, batch)``.
 
     ``cache_mib`` is the largest document cache (keys and values of one micro-batch) seen since
@@ -66,6 +67,3 @@ class GumbelLoss:
     def pop_metrics(self) -> dict[str, float]:
         out, self.cache_mib = {"cache_mib": self.cache_mib}, 0.0
         return out
-
-    def pop_means(self) -> dict[str, float]:
-        return {}

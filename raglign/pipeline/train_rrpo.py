@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from raglign.metrics import choice_accuracy, exact_match, f1_score
+from raglign.pipeline.train import WindowMetrics, build_reranker
 from raglign.prompts import parallel_prompt
 from raglign.training_config import TrainConfig
 
@@ -43,12 +44,11 @@ def answer_reward(kind: str, prediction: str, answers: list[str],
     return (f1_score if kind == "f1" else exact_match)(prediction, answers)
 
 
-class RRPOLoss:
+class RRPOLoss(WindowMetrics):
     """Per-worker RRPO loss: ``loss = RRPOLoss(cfg, device)(model, batch)``."""
 
     def __init__(self, cfg: TrainConfig, device):
         from raglign.models.generator import TransformersGenerator
-        from raglign.pipeline.train import build_reranker
 
         o = self.options = cfg.rrpo
         self.temperature = cfg.score_temperature
@@ -104,10 +104,9 @@ class RRPOLoss:
     def __call__(self, model, batch: Batch):
         import torch
 
-        from raglign.objectives.rrpo import (action_log_probs, greedy_episode,
-                                             normalize_advantages, plackett_luce_sample,
-                                             reference_anchored_advantages, rrpo_loss,
-                                             step_log_policies)
+        from raglign.objectives.rrpo import (greedy_episode, normalize_advantages,
+                                             plackett_luce_sample,
+                                             reference_anchored_advantages, rrpo_loss)
 
         o = self.options
         valid = batch.mask.to(self.device).bool()
@@ -120,8 +119,8 @@ class RRPOLoss:
         rewards, ref_rewards = self.rewards(batch, [actions, ref_actions])
         adv = normalize_advantages(reference_anchored_advantages(rewards, ref_rewards, o.gamma,
                                                                  o.lam))
-        old = action_log_probs(step_log_policies(logits.detach(), actions, valid), actions)
-        loss, parts = rrpo_loss(logits, ref_logits, actions, old, adv, valid, o.clip_eps,
+        # One update per rollout: the sampling policy is the one being updated.
+        loss, parts = rrpo_loss(logits, ref_logits, actions, None, adv, valid, o.clip_eps,
                                 o.kl_beta)
         self._add("reward", rewards[:, -1].mean().item())
         self._add("ref_reward", ref_rewards[:, -1].mean().item())
@@ -133,9 +132,6 @@ class RRPOLoss:
 
     def _add(self, name: str, value: float) -> None:
         self._window[name] = self._window.get(name, 0.0) + value
-
-    def pop_metrics(self) -> dict[str, float]:
-        return {}
 
     def pop_means(self) -> dict[str, float]:
         """Means over the micro-batches since the last call: the sampled episode's final reward
