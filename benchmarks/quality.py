@@ -158,7 +158,7 @@ def evaluate_all(demo: Path, out: Path, demo_cfg: dict, models: dict, args) -> l
     reader = args.readers[0]
     runs = [("base", demo_cfg["reranker"], None, reader)]
     runs += [(m, str(p), None, reader) for m, p in models.items()]
-    runs += [("oracle", "none", "is_gold", reader)]
+    runs += [("oracle", "oracle", None, reader)]
     runs += [(f"base-{r}", demo_cfg["reranker"], None, r) for r in args.readers[1:]]
     reports = []
     for name, reranker, rank_by, gen in runs:
@@ -179,19 +179,11 @@ def evaluate_all(demo: Path, out: Path, demo_cfg: dict, models: dict, args) -> l
     return reports
 
 
-def per_row(report: dict) -> list[dict]:
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(Path(report["_path"]).with_suffix(".rows.parquet")).to_pylist()
-    return sorted(({k: r.get(k) for k in ["id", *METRICS]} for r in rows), key=lambda r: r["id"])
-
-
 def compare_to_base(reports: list[dict], n_boot: int) -> dict[str, dict]:
-    from raglign.evaluate.aggregate import compare
+    from raglign.evaluate.report import paired_differences, per_row_metrics
 
-    base = per_row(reports[0])
-    return {r["name"]: compare(per_row(r), base, METRICS, n_boot=n_boot)
-            for r in reports[1:]}
+    return paired_differences(reports, [per_row_metrics(r["_path"]) for r in reports], METRICS,
+                              n_boot)
 
 
 # ------------------------------------------------------------------------------ report
@@ -202,23 +194,15 @@ def _cell(report: dict, m: str) -> str:
     return f"{v:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{v:.3f}"
 
 
-def _diff(d: dict | None) -> str:
-    if not d:
-        return "–"
-    lo, hi = d["diff_ci"]
-    return f"{d['diff']:+.3f} [{lo:+.2f}, {hi:+.2f}] p={d['p_value']:.2f}"
-
-
 def markdown(reports: list[dict], diffs: dict[str, dict]) -> str:
+    from raglign.evaluate.report import diff_table
+
     head = "| run | n | " + " | ".join(METRICS) + " |\n|---|---:|" + "---:|" * len(METRICS)
     lines = [head] + [f"| {r['name']} | {r['n']} | " + " | ".join(_cell(r, m) for m in METRICS)
                       + " |" for r in reports]
-    dhead = ("| run − base | " + " | ".join(METRICS) + " |\n|---|" + "---:|" * len(METRICS))
-    dlines = [dhead] + [f"| {name} | " + " | ".join(_diff(d.get(m)) for m in METRICS) + " |"
-                        for name, d in diffs.items()]
     return ("Mean [95% bootstrap CI] on the held-out questions:\n\n" + "\n".join(lines)
             + "\n\nPaired bootstrap difference vs base (mean [95% CI], two-sided p):\n\n"
-            + "\n".join(dlines) + "\n")
+            + diff_table(diffs, METRICS) + "\n")
 
 
 def main() -> None:
@@ -285,7 +269,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         main_reader = [r for r in reports if not r["name"].startswith("base-")]
-        bar_plot(main_reader, args.plot, METRICS)
+        bar_plot(main_reader, args.plot, METRICS, diffs=diffs)
     print("\n" + table)
     log(f"finished in {(time.monotonic() - started) / 60:.1f} min -> {out / 'quality.md'}")
 

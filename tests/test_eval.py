@@ -11,7 +11,7 @@ import pytest
 from raglign.data.io import write_rows
 from raglign.data.schema import candidate, make_row
 from raglign.errors import ConfigError
-from raglign.pipeline.evaluate import EvalConfig, evaluate, indirect_gold
+from raglign.pipeline.evaluate import EvalConfig, evaluate, indirect_gold, oracle_ranking
 
 
 def _rows():
@@ -131,3 +131,51 @@ def test_gold_missed_by_the_retriever_counts_as_a_miss(tmp_path):
     report = evaluate(EvalConfig(data=str(tmp_path / "d"), output=str(tmp_path / "o.json"),
                                  ks=[2]))
     assert report["recall@2"] == pytest.approx(0.5)
+
+
+def test_oracle_ranking_puts_gold_first_in_retrieval_order():
+    q1, q2 = _rows()[:2]
+    assert oracle_ranking(q1, k1=20) == [1, 2, 0]          # d2, d3 gold, then d1
+    assert oracle_ranking(q1, k1=2) == [1, 0]              # only the first k1 candidates
+    assert oracle_ranking(q2, k1=20) == [0, 1]             # already gold first: unchanged
+    # gold known only from meta (retrieval output with is_gold unknown) counts too
+    q2["candidates"] = [dict(c, is_gold=None) for c in q2["candidates"]]
+    q2["meta"] = '{"gold_doc_ids": ["e2", "missed"]}'
+    assert oracle_ranking(q2, k1=20) == [1, 0]
+
+
+def _gold_rows():
+    """Rows with 1, 2 and 3 gold documents, gold placed last by the retriever."""
+    rows = []
+    for i, n_gold in enumerate((1, 2, 3)):
+        cands = [candidate(f"q{i}-n{j}", "t", f"distractor {j}", 1.0, False) for j in range(4)]
+        cands += [candidate(f"q{i}-g{j}", "t", f"evidence {j}", 0.0, True)
+                  for j in range(n_gold)]
+        rows.append(make_row(f"q{i}", f"question {i}?", ["nothing"], cands))
+    return rows
+
+
+def test_oracle_eval_reaches_the_recall_ceiling(tmp_path):
+    write_rows(_gold_rows(), tmp_path / "d")
+    report = evaluate(EvalConfig(data=str(tmp_path / "d"), output=str(tmp_path / "o.json"),
+                                 reranker="oracle", ks=[1, 2, 3], k=2))
+    # Recall@k of a perfect ranking is min(1, k / #gold) per row; MRR and NDCG are 1.
+    for k in (1, 2, 3):
+        expected = sum(min(1.0, k / g) for g in (1, 2, 3)) / 3
+        assert report[f"recall@{k}"] == pytest.approx(expected)
+        assert report[f"ndcg@{k}"] == pytest.approx(1.0)
+    assert report["mrr"] == pytest.approx(1.0) and report["name"] == "oracle"
+    detail = pq.read_table(tmp_path / "o.rows.parquet").to_pylist()
+    assert detail[1]["ranked_doc_ids"][:2] == ["q1-g0", "q1-g1"]
+    # the base keeps the retriever's order: every gold document below the 4 distractors
+    base = evaluate(EvalConfig(data=str(tmp_path / "d"), output=str(tmp_path / "b.json"), ks=[1]))
+    assert base["recall@1"] == 0.0 and base["mrr"] == pytest.approx(0.2)
+
+
+def test_oracle_counts_a_gold_document_the_retriever_missed(tmp_path):
+    rows = _gold_rows()[1:2]                                  # 2 gold among the candidates
+    rows[0]["meta"] = '{"gold_doc_ids": ["elsewhere"]}'      # and 1 the retriever missed
+    write_rows(rows, tmp_path / "d")
+    report = evaluate(EvalConfig(data=str(tmp_path / "d"), output=str(tmp_path / "o.json"),
+                                 reranker="oracle", ks=[5]))
+    assert report["recall@5"] == pytest.approx(2 / 3)

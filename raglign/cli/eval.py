@@ -46,7 +46,8 @@ def register(sub) -> None:
     p.add_argument("data", nargs="?", help="canonical dataset directory (rows with candidates)")
     p.add_argument("--config", help="an eval job YAML instead of flags")
     p.add_argument("--output", help="report JSON path (a .rows.parquet and .md go beside it)")
-    p.add_argument("--reranker", help="reranker name or path; 'none' keeps the retrieval order")
+    p.add_argument("--reranker", help="reranker name or path; 'none' keeps the retrieval order, "
+                   "'oracle' puts the gold documents first (the ceiling of any reranker)")
     p.add_argument("--reranker-kind", choices=["cross", "bi"])
     p.add_argument("--rank-by", help="rank by a candidate field instead (mining setting)")
     p.add_argument("--generator", help="generator name or path for the generator setting")

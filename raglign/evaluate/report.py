@@ -1,12 +1,17 @@
-"""Comparison reports over evaluation runs: a Markdown table and a bar chart with CIs.
+"""Comparison reports over evaluation runs: tables, a bar chart with CIs, and verdicts.
 
 Runs are the JSON files ``raglign eval`` writes; any metric present in some run gets a column, in
 a fixed, readable order (ranking metrics, then reader metrics), with its 95% bootstrap interval.
+Against a base run, each run's *paired* difference (same questions, paired bootstrap over the
+per-row metrics ``raglign eval`` writes beside its JSON) says whether a gap is an effect or
+noise, and :func:`verdict` turns the headline metrics' intervals into better / on par / worse
+(or mixed).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,20 @@ from raglign.errors import DataError
 
 COLUMNS = ["recall@1", "recall@5", "ndcg@5", "mrr", "indirect_recall@5", "em", "subem", "f1",
            "accuracy"]
+READER_METRICS = ["em", "subem", "f1", "accuracy"]
+# The metrics a verdict is judged on: where the first gold document lands, and how much of the
+# gold set reaches the reader's top 5.
+HEADLINE = ("mrr", "recall@5")
+# Columns of an eval run's .rows.parquet that describe the ranking or answer, not a metric.
+DETAIL_COLUMNS = ("ranked_doc_ids", "prediction")
+# verdict -> (what it says, why)
+VERDICTS = {
+    "better": ("better than the base", "an interval lies above 0 and none below"),
+    "worse": ("worse than the base", "an interval lies below 0 and none above"),
+    "on par": ("on par with the base", "every interval includes 0: any difference is too small "
+               "to tell from noise at this n"),
+    "mixed": ("mixed", "one interval lies above 0 and another below"),
+}
 
 
 def load_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
@@ -34,7 +53,8 @@ def load_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
     return runs
 
 
-def _columns(runs: list[dict]) -> list[str]:
+def metric_columns(runs: Sequence[Mapping]) -> list[str]:
+    """The metrics some run reports as a number, in the table's fixed order."""
     present = {k for r in runs for k, v in r.items() if isinstance(v, (int, float))}
     cols = [c for c in COLUMNS if c in present]
     extra = sorted(k for k in present if k.startswith("indirect_recall@")
@@ -52,7 +72,7 @@ def _cell(run: dict, col: str) -> str:
 
 def markdown_table(runs: list[dict]) -> str:
     """One row per run, one column per metric (``value [95% CI]``)."""
-    cols = _columns(runs)
+    cols = metric_columns(runs)
     head = "| run | n | " + " | ".join(cols) + " |"
     sep = "|---|---:|" + "---:|" * len(cols)
     body = [f"| {r.get('name')} | {r.get('n')} | " + " | ".join(_cell(r, c) for c in cols) + " |"
@@ -60,27 +80,171 @@ def markdown_table(runs: list[dict]) -> str:
     return "\n".join([head, sep, *body])
 
 
-def bar_plot(runs: list[dict], path: str | Path, metrics: list[str] | None = None) -> Path:
-    """Grouped bars per metric, one colour per run, with CI whiskers; saved as PNG."""
+def per_row_metrics(report_path: str | Path) -> list[dict[str, Any]]:
+    """The per-row metrics of one ``raglign eval`` run (the ``.rows.parquet`` beside its JSON),
+    sorted by row id so that two runs over the same questions pair up row by row."""
+    import pyarrow.parquet as pq
+
+    path = Path(report_path).with_suffix(".rows.parquet")
+    if not path.exists():
+        raise DataError(str(path), None, None, "no such file; raglign eval writes the per-row "
+                        "metrics beside its report and paired differences need them")
+    rows = pq.read_table(path).to_pylist()
+    return sorted(({k: v for k, v in r.items() if k not in DETAIL_COLUMNS} for r in rows),
+                  key=lambda r: r["id"])
+
+
+def paired_differences(runs: Sequence[Mapping], per_row: Sequence[Sequence[Mapping]],
+                       metrics: Sequence[str] | None = None, n_boot: int = 1000,
+                       seed: int = 0) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{run name: {metric: paired_bootstrap result}}``: every run after the first minus the
+    first (the base), on each metric both report, over the same questions.
+
+    Pairing cancels how hard each question is, so a difference's interval is far tighter than
+    the two runs' own intervals side by side, which overlap even when one run is better on
+    almost every question. ``per_row[i]`` holds the per-row metrics of ``runs[i]``.
+    """
+    from raglign.evaluate.aggregate import compare
+
+    if len(runs) != len(per_row):
+        raise ValueError(f"{len(runs)} runs but {len(per_row)} per-row metric lists")
+    base, base_rows = runs[0], per_row[0]
+    out = {}
+    for run, rows in zip(runs[1:], per_row[1:]):
+        both = set(metric_columns([base])) & set(metric_columns([run]))
+        shared = [m for m in metrics or metric_columns([base]) if m in both]
+        out[str(run.get("name"))] = compare(rows, base_rows, shared, n_boot=n_boot, seed=seed)
+    return out
+
+
+def _diff_text(d: Mapping) -> str:
+    lo, hi = d["diff_ci"]
+    return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def diff_table(diffs: Mapping[str, Mapping[str, Mapping]], metrics: Sequence[str]) -> str:
+    """One row per run, one column per metric: ``difference [95% paired CI] p=…`` vs the base."""
+    head = "| run − base | " + " | ".join(metrics) + " |"
+    sep = "|---|" + "---:|" * len(metrics)
+    body = [f"| {name} | " + " | ".join(
+        f"{_diff_text(d[m])} p={d[m]['p_value']:.2f}" if m in d else "–" for m in metrics) + " |"
+        for name, d in diffs.items()]
+    return "\n".join([head, sep, *body])
+
+
+def _ci_side(d: Mapping) -> int:
+    """+1 when a paired interval lies above 0, -1 below it, 0 when it includes 0."""
+    lo, hi = d["diff_ci"]
+    return 1 if lo > 0 else -1 if hi < 0 else 0
+
+
+def verdict(diffs: Mapping[str, Mapping], headline: Sequence[str]) -> str:
+    """``better``, ``worse``, ``on par`` or ``mixed`` against the base, from the paired 95%
+    intervals of the ``headline`` metrics.
+
+    A metric only speaks when its interval excludes 0: a point estimate inside the noise says
+    nothing, whatever its sign, so "on par" means "no difference detectable at this n", not
+    "equal".
+    """
+    sides = {_ci_side(diffs[m]) for m in headline if m in diffs}
+    if not sides:
+        raise ValueError(f"none of the headline metrics {list(headline)} was compared")
+    sides.discard(0)
+    if not sides:
+        return "on par"
+    if len(sides) == 2:
+        return "mixed"
+    return "better" if 1 in sides else "worse"
+
+
+def _shown(diffs: Mapping[str, Mapping], metrics: Sequence[str]) -> str:
+    return ", ".join(f"{m} {_diff_text(diffs[m])}" for m in metrics if m in diffs)
+
+
+def verdict_line(name: str, diffs: Mapping[str, Mapping], headline: Sequence[str]) -> str:
+    """One method's verdict in plain words, with the differences and the n it rests on."""
+    says, why = VERDICTS[verdict(diffs, headline)]
+    n = next(diffs[m]["n"] for m in headline if m in diffs)
+    return (f"**{name}**: {says}: {_shown(diffs, headline)} (paired 95% CIs, n = {n} "
+            f"questions); {why}.")
+
+
+def headroom_line(name: str, diffs: Mapping[str, Mapping], headline: Sequence[str]) -> str:
+    """The oracle's differences in words: the most any reranker can gain over the base.
+
+    On the reader's metrics this is the test a reader-side comparison needs first: a reader that
+    gains nothing detectable from perfect ranking cannot show any reranker's gain.
+    """
+    text = f"**{name}** (gold first, the ceiling): {_shown(diffs, headline)}"
+    reader = [m for m in READER_METRICS if m in diffs]
+    if not reader:
+        return text + ": the most any reranker can gain on ranking."
+    text += f"; reader {_shown(diffs, reader)}"
+    if any(_ci_side(diffs[m]) > 0 for m in reader):
+        return text + ": the most any reranker can gain, with this reader."
+    return text + (": even perfect ranking gives this reader no detectable gain, so no reranker "
+                   "can show one with it at this n.")
+
+
+def _whiskers(values: Sequence[float], cis: Sequence[Sequence[float] | None]) -> list[list]:
+    """Error-bar lengths below and above each value: 0 without an interval, and never negative
+    (a percentile interval can miss its point estimate by a rounding error)."""
+    low = [max(0.0, v - ci[0]) if ci else 0.0 for v, ci in zip(values, cis)]
+    high = [max(0.0, ci[1] - v) if ci else 0.0 for v, ci in zip(values, cis)]
+    return [low, high]
+
+
+def _value_bars(ax, runs: Sequence[Mapping], metrics: Sequence[str], x, width: float) -> None:
+    import numpy as np
+
+    for i, run in enumerate(runs):
+        vals = [run.get(m) if isinstance(run.get(m), (int, float)) else np.nan for m in metrics]
+        cis = [run.get(f"{m}_ci") for m in metrics]
+        ax.bar(x + i * width, vals, width, yerr=_whiskers(vals, cis), capsize=2,
+               color=f"C{i % 10}", label=str(run.get("name")))
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title("raglign runs (95% bootstrap CI)")
+
+
+def _diff_bars(ax, runs: Sequence[Mapping], diffs: Mapping[str, Mapping[str, Mapping]],
+               metrics: Sequence[str], x, width: float) -> None:
+    """Each run's paired difference to the base in the run's own slot and colour, so the two
+    panels read together; a bar whose whisker crosses the zero line is not an effect."""
+    import numpy as np
+
+    for i, run in enumerate(runs):
+        d = diffs.get(str(run.get("name")))
+        if not d:
+            continue
+        vals = [d[m]["diff"] if m in d else np.nan for m in metrics]
+        cis = [d[m]["diff_ci"] if m in d else None for m in metrics]
+        ax.bar(x + i * width, vals, width, yerr=_whiskers(vals, cis), capsize=2,
+               color=f"C{i % 10}")
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_title("run − base on the same questions (paired 95% bootstrap CI)")
+
+
+def bar_plot(runs: list[dict], path: str | Path, metrics: list[str] | None = None,
+             diffs: Mapping[str, Mapping[str, Mapping]] | None = None) -> Path:
+    """Grouped bars per metric, one colour per run, with CI whiskers; with ``diffs``
+    (:func:`paired_differences`) a second panel shows each run minus the base. Saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    metrics = metrics or _columns(runs)
+    metrics = metrics or metric_columns(runs)
     width = 0.8 / max(len(runs), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(metrics)), 4))
     x = np.arange(len(metrics))
-    for i, run in enumerate(runs):
-        vals = [run.get(m) if isinstance(run.get(m), (int, float)) else np.nan for m in metrics]
-        lo = [v - run[f"{m}_ci"][0] if run.get(f"{m}_ci") else 0 for m, v in zip(metrics, vals)]
-        hi = [run[f"{m}_ci"][1] - v if run.get(f"{m}_ci") else 0 for m, v in zip(metrics, vals)]
-        ax.bar(x + i * width, vals, width, yerr=[lo, hi], capsize=2, label=str(run.get("name")))
-    ax.set_xticks(x + width * (len(runs) - 1) / 2, metrics, rotation=20)
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8)
-    ax.set_title("raglign runs (95% bootstrap CI)")
+    panels = 2 if diffs else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(max(6, 1.4 * len(metrics)), 4 * panels),
+                             sharex=True, squeeze=False)
+    _value_bars(axes[0, 0], runs, metrics, x, width)
+    if diffs:
+        _diff_bars(axes[1, 0], runs, diffs, metrics, x, width)
+    axes[-1, 0].set_xticks(x + width * (len(runs) - 1) / 2, metrics, rotation=20)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,8 +12,10 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
    (``answer_logprob``) using the generator;
 5. mine RADIO groups (top-k shifted by N) and PDist soft targets;
 6. fine-tune the base reranker on each with Ray Train (InfoNCE; KL);
-7. evaluate the base and both trained rerankers on the test questions (reranker and generator
-   settings) and print the comparison table.
+7. evaluate the base, both trained rerankers and the oracle ranking (gold paragraphs first: the
+   ceiling of any reranker) on the test questions (reranker and generator settings), and write
+   and print the comparison: the table, each run's paired difference to the base, and a verdict
+   per method (better / on par / worse than the base at this number of questions).
 
 All stages share one Ray session: a private local Ray unless ``ray.address`` names a cluster.
 """
@@ -108,13 +110,48 @@ def retrieval_order(rows: list[dict], reranker_name: str, kind: str) -> list[dic
     return out
 
 
+def write_comparison(out: Path, reports: list[dict], cfg: DemoConfig) -> str:
+    """Write ``comparison.md`` and ``comparison.png`` for the eval runs under ``out/eval`` (base
+    first, oracle last) and return the Markdown to print.
+
+    Beside each run's means it reports the run minus the base, paired over the same questions,
+    and a verdict per trained method, so a reader can tell an effect from noise at this n and
+    see the headroom the oracle leaves.
+    """
+    from raglign.evaluate.report import (HEADLINE, bar_plot, diff_table, headroom_line,
+                                         markdown_table, metric_columns, paired_differences,
+                                         per_row_metrics, verdict_line)
+    from raglign.pipeline.evaluate import ORACLE_RERANKER
+
+    per_row = [per_row_metrics(out / "eval" / f"{r['name']}.json") for r in reports]
+    diffs = paired_differences(reports, per_row)
+    verdicts = [headroom_line(name, d, HEADLINE) if name == ORACLE_RERANKER
+                else verdict_line(name, d, HEADLINE) for name, d in diffs.items()]
+    bar_plot(reports, out / "comparison.png", diffs=diffs)
+    text = (
+        f"Held-out questions: {reports[0]['n']}; generator {cfg.generator}; top-{cfg.k} "
+        f"documents to the generator.\n\n"
+        "## Runs\n\nMean [95% bootstrap CI]. `base` is the untrained reranker and each method's "
+        "run the base fine-tuned on that method's labels; `oracle` puts the gold paragraphs "
+        "first (then the retrieval order): the ceiling of any reranker, and with the generator "
+        f"the most the reader can gain from ranking.\n\n{markdown_table(reports)}\n\n"
+        "## Differences to the base\n\nEach run minus the base on the same questions: mean "
+        "[95% paired bootstrap CI], two-sided p. An interval that includes 0 is not an effect "
+        f"at this n.\n\n{diff_table(diffs, metric_columns(reports))}\n\n"
+        f"## Verdict\n\nJudged on the paired intervals of {' and '.join(HEADLINE)}: better "
+        "(worse) when one lies above (below) 0 and none on the other side, on par when all "
+        "include 0.\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
+    (out / "comparison.md").write_text(
+        f"# raglign demo\n\n{text}\n![comparison](comparison.png)\n")
+    return text
+
+
 def run_demo(cfg: DemoConfig) -> list[dict]:
-    """Run (or resume) every stage; returns the evaluation reports, base first."""
+    """Run (or resume) every stage; returns the evaluation reports: base, methods, oracle."""
     from raglign.data import convert
     from raglign.data.io import read_rows, write_rows
     from raglign.data.split import split_rows
-    from raglign.evaluate.report import bar_plot, markdown_table
-    from raglign.pipeline.evaluate import EvalConfig, evaluate
+    from raglign.pipeline.evaluate import ORACLE_RERANKER, EvalConfig, evaluate
     from raglign.pipeline.label import LabelConfig, run_label
     from raglign.pipeline.mine import MineConfig, run_mine
     from raglign.pipeline.train import train
@@ -181,7 +218,8 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
 
         t = _stage(7, total, f"evaluate on {len(test_rows)} held-out questions")
         reports = []
-        for name, model in (("base", cfg.reranker), *models.items()):
+        for name, model in (("base", cfg.reranker), *models.items(),
+                            (ORACLE_RERANKER, ORACLE_RERANKER)):
             path = out / "eval" / f"{name}.json"
             if path.exists():
                 reports.append(json.loads(path.read_text()))
@@ -193,12 +231,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
                 ray=cfg.ray)))
         _done(t, "done")
 
-    table = markdown_table(reports)
-    bar_plot(reports, out / "comparison.png")
-    (out / "comparison.md").write_text(
-        f"# raglign demo\n\nHeld-out questions: {len(test_rows)}; generator {cfg.generator}; "
-        f"top-{cfg.k} documents to the generator.\n\n{table}\n\n![comparison](comparison.png)\n")
-    print("\n" + table)
+    print("\n" + write_comparison(out, reports, cfg))
     print(f"\n[demo] finished in {(time.monotonic() - started) / 60:.1f} min; "
           f"report: {out / 'comparison.md'}")
     return reports

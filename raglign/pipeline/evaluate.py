@@ -1,10 +1,11 @@
 """``raglign eval``: G-Rerank's reranker and generator settings on any canonical dataset.
 
 Reranker setting: the first ``k1`` candidates of each row (the retriever's order, which is the
-base ranking) are re-scored by a reranker — or kept in retrieval order for ``reranker: none`` —
-and ranked; Recall@k / NDCG@k / MRR are computed against the rows' gold documents, plus Recall@k
-on *indirectly relevant* gold documents (gold documents whose text does not contain any
-normalised answer; HotpotQA's bridge evidence). Generator setting: the top ``k`` documents go into
+base ranking) are re-scored by a reranker — or kept in retrieval order for ``reranker: none``, or
+put gold first for ``reranker: oracle`` (the ceiling of any reranker) — and ranked; Recall@k /
+NDCG@k / MRR are computed against the rows' gold documents, plus Recall@k on *indirectly
+relevant* gold documents (gold documents whose text does not contain any normalised answer;
+HotpotQA's bridge evidence). Generator setting: the top ``k`` documents go into
 the papers' QA prompt, the generator answers greedily, EM / SubEM / F1 (MMLU: option accuracy)
 are computed. The mining setting is the same computation run on *training* questions, with a
 signal field (``--rank-by answer_logprob``) or a trained reranker.
@@ -29,6 +30,7 @@ from raglign.data.schema import row_meta
 from raglign.errors import ConfigError
 
 BASE_RERANKER = "none"  # keep the retriever's order
+ORACLE_RERANKER = "oracle"  # gold documents first: what a perfect reranker would give the reader
 
 
 class EvalConfig(JobConfig):
@@ -37,7 +39,8 @@ class EvalConfig(JobConfig):
     job: Literal["eval"] = "eval"
     data: str
     output: str
-    reranker: str = BASE_RERANKER
+    reranker: str = Field(BASE_RERANKER, description="a reranker name or path; 'none' keeps "
+                          "the retrieval order, 'oracle' puts the gold documents first")
     reranker_kind: Literal["cross", "bi"] = "cross"
     rank_by: str | None = Field(None, description="rank by a candidate field (mining setting)")
     generator: str | None = None
@@ -66,6 +69,11 @@ class EvalConfig(JobConfig):
         if self.name or self.rank_by:
             return self.name or self.rank_by
         return "retrieval" if self.reranker == BASE_RERANKER else Path(self.reranker).name
+
+    @property
+    def reranker_model(self) -> bool:
+        """Whether ranking needs a model; the base and oracle orders come from the rows."""
+        return self.reranker not in (BASE_RERANKER, ORACLE_RERANKER)
 
 
 class _RerankActor:
@@ -122,8 +130,32 @@ def _ranking(row: dict, cfg: EvalConfig) -> list[int]:
         return sorted(range(len(cands)), key=lambda i: -vals[i])
     if cfg.reranker == BASE_RERANKER:
         return list(range(len(cands)))
+    if cfg.reranker == ORACLE_RERANKER:
+        return oracle_ranking(row, cfg.k1)
     scores = row["rerank_scores"]
     return sorted(range(len(cands)), key=lambda i: -scores[i])
+
+
+def gold_ids(row: dict) -> set[str]:
+    """The row's gold documents: candidates marked ``is_gold`` plus ``meta.gold_doc_ids``.
+
+    Retrieval output records the full gold set in meta: a gold document the retriever missed
+    must count as a miss, not make the row look gold-less.
+    """
+    gold = {c["doc_id"] for c in row["candidates"] if c.get("is_gold")}
+    return gold | set(row_meta(row).get("gold_doc_ids") or [])
+
+
+def oracle_ranking(row: dict, k1: int) -> list[int]:
+    """The first ``k1`` candidates with the gold ones first, each group in retrieval order.
+
+    The reader's ceiling for reranking: no reranker can place more gold documents in the top k
+    (a gold document the retriever missed stays a miss), and evaluating the reader on it shows
+    what perfect reranking could gain at best.
+    """
+    gold = gold_ids(row)
+    ranks = range(min(k1, len(row["candidates"])))
+    return sorted(ranks, key=lambda i: row["candidates"][i]["doc_id"] not in gold)
 
 
 def indirect_gold(row: dict) -> set[str]:
@@ -143,10 +175,7 @@ def row_metrics(row: dict, ranking: list[int], cfg: EvalConfig) -> dict[str, Any
     cands = row["candidates"]
     ranked_ids = [cands[i]["doc_id"] for i in ranking]
     out: dict[str, Any] = {"id": row["id"]}
-    gold = {c["doc_id"] for c in cands if c.get("is_gold")}
-    # Retrieval output records the full gold set in meta: a gold document the retriever missed
-    # must count as a miss, not make the row look gold-less.
-    gold |= set(row_meta(row).get("gold_doc_ids") or [])
+    gold = gold_ids(row)
     if gold or any(c.get("is_gold") is not None for c in cands):
         out.update(ranking_metrics(ranked_ids, gold, ks=sorted(set(cfg.ks) | {cfg.k})))
         indirect = indirect_gold(row)
@@ -185,9 +214,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
         raise ConfigError(f"{cfg.data}: no rows with candidates to evaluate")
     print(f"eval {cfg.run_name}: {len(usable)} rows ({rejected} without candidates skipped)",
           flush=True)
-    if cfg.reranker != BASE_RERANKER or cfg.generator:
+    if cfg.reranker_model or cfg.generator:
         with ray_session(cfg.ray):
-            if cfg.reranker != BASE_RERANKER:
+            if cfg.reranker_model:
                 _attach(usable, _map(usable, _RerankActor, cfg,
                                      dict(reranker=cfg.reranker, kind=cfg.reranker_kind, k1=cfg.k1)))
             for r in usable:
