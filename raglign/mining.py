@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from raglign.errors import DataError
+from raglign.signals.ranking import higher_is_better, rank_values
 
 DOC_FIELDS = ("doc_id", "title", "text")
 
@@ -61,15 +62,17 @@ def candidate_scores(row: Mapping[str, Any], field: str, source: str = "rows") -
     return out
 
 
-def _order(scores: np.ndarray, descending: bool) -> list[int]:
-    # Stable sort: ties keep candidate (retrieval) order, so results never depend on sort internals.
-    return np.argsort(-scores if descending else scores, kind="stable").tolist()
+def _descending(signal: str, descending: bool | None) -> bool:
+    """An explicit direction, else the one ``signal`` declares (:mod:`raglign.signals.ranking`),
+    so mining ranks a signal exactly as its evaluation does."""
+    return higher_is_better(signal) if descending is None else descending
 
 
-def rank_by(row: Mapping[str, Any], signal: str, descending: bool = True,
+def rank_by(row: Mapping[str, Any], signal: str, descending: bool | None = None,
             source: str = "rows") -> list[int]:
-    """Candidate indices of ``row`` sorted by the candidate field ``signal`` (ties: input order)."""
-    return _order(candidate_scores(row, signal, source), descending)
+    """Candidate indices of ``row`` sorted by the candidate field ``signal``, best first, in the
+    signal's declared direction unless ``descending`` overrides it (ties: input order)."""
+    return rank_values(candidate_scores(row, signal, source), _descending(signal, descending))
 
 
 def minmax(x: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -155,7 +158,7 @@ def _check_mining_args(n: int, m: int | None, fixed_ranks: Sequence[int] | None)
 def mine_groups(rows: Iterable[Mapping[str, Any]], signal: str, n: int = 3, m: int | None = None,
                 seed: int = 42, fixed_ranks: Sequence[int] | None = None,
                 alpha: float | None = None, retrieval_field: str = "score",
-                descending: bool = True, on_short: Literal["reject", "error"] = "reject",
+                descending: bool | None = None, on_short: Literal["reject", "error"] = "reject",
                 source: str = "rows") -> Mined:
     """RADIO's "top-k shifted by N": one positive and ``m`` (default 6) negatives per row.
 
@@ -163,7 +166,10 @@ def mine_groups(rows: Iterable[Mapping[str, Any]], signal: str, n: int = 3, m: i
     and ``retrieval_field``); the positive is rank 0 and the negatives are the candidates at
     :func:`negative_positions` — 0-based positions ``>= n``, i.e. 1-based ranks ``> n``. The
     reference code's fixed positions are ``fixed_ranks=[3, 4, 6, 9, 13, 18]`` (with ``n=3``).
-    Use ``descending=False`` for a signal where lower is better.
+    The direction is the signal's declared one (``loo_logprob`` lowest first); ``descending``
+    overrides it. With ``alpha`` the signal is mixed in its "more useful" direction (negated
+    when lower is better) and the mix ranks highest first, so the retrieval term always favours
+    the retriever's top candidates.
 
     Rows with too few candidates become ``rejects`` (``on_short="reject"``) or raise
     :class:`DataError` (``"error"``). Each group is ``{"id", "question", "positive",
@@ -183,10 +189,11 @@ def mine_groups(rows: Iterable[Mapping[str, Any]], signal: str, n: int = 3, m: i
             rejects.append({"id": rid, "reason": f"too few candidates: {e}"})
             continue
         scores = candidate_scores(row, signal, source)
+        higher = _descending(signal, descending)
         if alpha is not None:
             retrieval = None if alpha == 1.0 else candidate_scores(row, retrieval_field, source)
-            scores = mix_scores(scores, retrieval, alpha)
-        order = _order(scores, descending)
+            scores, higher = mix_scores(scores if higher else -scores, retrieval, alpha), True
+        order = rank_values(scores, higher)
         groups.append({
             "id": rid,
             "question": row.get("question"),
@@ -216,12 +223,17 @@ def flatten_group(group: Mapping[str, Any]) -> dict[str, Any]:
 class TargetSpec:
     """How a distillation method turns a candidate field into a target distribution.
 
-    ``target = softmax(sign · field / temperature)`` over the first ``k`` candidates.
+    ``target = softmax(sign · field / temperature)`` over the first ``k`` candidates. ``sign``
+    is the field's declared direction (:mod:`raglign.signals.ranking`), not a second copy of it:
+    the most useful document gets the most target mass.
     """
 
     field: str
-    sign: int
     temperature: float = 0.01
+
+    @property
+    def sign(self) -> int:
+        return 1 if higher_is_better(self.field) else -1
 
 
 # Atlas (Izacard et al. 2023) trains with temperature_gold = 0.01 on per-token mean answer
@@ -229,13 +241,13 @@ class TargetSpec:
 # PDist share the target and differ only in the KL direction of their objectives.
 TARGETS: dict[str, TargetSpec] = {
     # PDist: p_k ∝ exp(log p(a | q, d_k) / T)
-    "pdist": TargetSpec("answer_logprob", +1),
+    "pdist": TargetSpec("answer_logprob"),
     # REPLUG LSR: Q_k ∝ exp(log p(a | q, d_k) / β)
-    "replug": TargetSpec("answer_logprob", +1),
+    "replug": TargetSpec("answer_logprob"),
     # LOOP: p_k ∝ exp(-log p(a | D \ d_k, q) / T): the document whose removal hurts most wins
-    "loop": TargetSpec("loo_logprob", -1),
+    "loop": TargetSpec("loo_logprob"),
     # ADist: p_k ∝ exp(attention mass on d_k / T)
-    "adist": TargetSpec("attention", +1),
+    "adist": TargetSpec("attention"),
 }
 
 

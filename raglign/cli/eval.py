@@ -49,7 +49,8 @@ def register(sub) -> None:
     p.add_argument("--reranker", help="reranker name or path; 'none' keeps the retrieval order, "
                    "'oracle' puts the gold documents first (the ceiling of any reranker)")
     p.add_argument("--reranker-kind", choices=["cross", "bi"])
-    p.add_argument("--rank-by", help="rank by a candidate field instead (mining setting)")
+    p.add_argument("--rank-by", help="rank by a candidate field instead (mining setting), in "
+                   "the direction its signal declares (loo_logprob lowest first; nulls last)")
     p.add_argument("--generator", help="generator name or path for the generator setting")
     p.add_argument("--k", type=int, help="documents to the generator and @k (default 5)")
     p.add_argument("--k1", type=int, help="candidates the reranker sees (default 20)")

@@ -3,10 +3,12 @@
 For every signal field present on the candidates, each row's candidates are ranked by it and
 compared with the gold documents (``is_gold``): Recall@k, NDCG@k and MRR
 (:mod:`raglign.metrics`), averaged over the rows that have at least one gold document
-(:mod:`raglign.evaluate.aggregate`). ``loo_logprob`` ranks ascending (removing an important
-document *lowers* the answer's likelihood); every other signal descending. Candidates a signal
-left unlabelled (``null``: LOOP below rank K, unparseable judge outputs) rank after the labelled
-ones, in retrieval order. The retriever's own order is the ``retrieval`` baseline row.
+(:mod:`raglign.evaluate.aggregate`). Each signal ranks in the direction it declares, with
+unlabelled candidates (``null``: LOOP below rank K, unparseable judge outputs) after the labelled
+ones in retrieval order — :func:`raglign.signals.ranking.rank_candidates`, the same function
+``raglign eval --rank-by`` and ``raglign mine`` rank with, so this table measures the ranking a
+reranker would be evaluated or trained on. The retriever's own order is the ``retrieval``
+baseline row.
 
 Written as ``_signal_eval.json`` and ``_signal_eval.md`` next to the labelled output.
 """
@@ -22,20 +24,17 @@ from typing import Any
 from raglign.data.io import read_rows
 from raglign.evaluate.aggregate import aggregate
 from raglign.metrics import ranking_metrics
+from raglign.signals.ranking import rank_candidates
 
-ASCENDING = {"loo_logprob"}
 RETRIEVAL = "retrieval"
 
 
-def rank_candidates(candidates: Sequence[Mapping[str, Any]], field: str) -> list[str]:
-    """Candidate doc ids ranked by ``field`` (nulls last, ties and nulls in retrieval order)."""
+def ranked_doc_ids(candidates: Sequence[Mapping[str, Any]], field: str) -> list[str]:
+    """Candidate doc ids ranked by ``field`` (:func:`~raglign.signals.ranking.rank_candidates`),
+    or in candidate order for the ``retrieval`` baseline."""
     if field == RETRIEVAL:
         return [c["doc_id"] for c in candidates]
-    sign = 1.0 if field in ASCENDING else -1.0
-    labelled = [(sign * c[field], i) for i, c in enumerate(candidates) if c.get(field) is not None]
-    rest = [i for i, c in enumerate(candidates) if c.get(field) is None]
-    order = [i for _, i in sorted(labelled)] + rest
-    return [candidates[i]["doc_id"] for i in order]
+    return [candidates[i]["doc_id"] for i in rank_candidates(candidates, field)]
 
 
 def signal_eval(rows: Sequence[Mapping[str, Any]], signals: Sequence[str],
@@ -48,7 +47,7 @@ def signal_eval(rows: Sequence[Mapping[str, Any]], signals: Sequence[str],
         for r in with_gold:
             cands = r["candidates"]
             gold = [c["doc_id"] for c in cands if c.get("is_gold")]
-            per_row.append(ranking_metrics(rank_candidates(cands, field), gold, ks))
+            per_row.append(ranking_metrics(ranked_doc_ids(cands, field), gold, ks))
         agg = aggregate(per_row, ci=False) if per_row else {}
         table[field] = {k: v for k, v in agg.items() if k not in ("n", "skipped")}
     return {"rows_with_gold": len(with_gold), "rows_without_gold": len(rows) - len(with_gold),

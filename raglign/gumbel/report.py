@@ -1,8 +1,9 @@
 """The mining comparison of the paper's Figure 5: which per-document signal finds the gold
 documents, with bootstrap confidence intervals and paired differences.
 
-Builds on the labelling job's signal evaluation (:func:`raglign.evaluate.signals.rank_candidates`:
-``loo_logprob`` ranks ascending, nulls last) but reports intervals: on 100 HotpotQA questions a
+Ranks like the labelling job's signal evaluation (:func:`raglign.evaluate.signals.ranked_doc_ids`:
+each signal in the direction it declares in :mod:`raglign.signals.ranking`, ``loo_logprob``
+lowest first, nulls last in retrieval order) but reports intervals: on 100 HotpotQA questions a
 Recall@2 difference of a few points is within noise, and the table has to say so. Differences
 are paired bootstraps over the same questions (:func:`raglign.evaluate.aggregate.compare`).
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from raglign.data.io import read_rows
 from raglign.evaluate.aggregate import aggregate, compare
-from raglign.evaluate.signals import RETRIEVAL, rank_candidates
+from raglign.evaluate.signals import RETRIEVAL, ranked_doc_ids
 from raglign.metrics import ranking_metrics
 
 REFERENCE = "gumbel_weight"
@@ -35,7 +36,7 @@ def per_row_metrics(rows: Sequence[Mapping[str, Any]], field: str,
         cands = r.get("candidates") or []
         gold = [c["doc_id"] for c in cands if c.get("is_gold")]
         if gold:
-            out.append({"id": r["id"], **ranking_metrics(rank_candidates(cands, field), gold, ks)})
+            out.append({"id": r["id"], **ranking_metrics(ranked_doc_ids(cands, field), gold, ks)})
     return out
 
 

@@ -27,7 +27,8 @@ from pydantic import Field, model_validator
 from raglign.config import JobConfig
 from raglign.data.io import read_rows
 from raglign.data.schema import row_meta
-from raglign.errors import ConfigError
+from raglign.errors import ConfigError, DataError
+from raglign.signals.ranking import rank_candidates
 
 BASE_RERANKER = "none"  # keep the retriever's order
 ORACLE_RERANKER = "oracle"  # gold documents first: what a perfect reranker would give the reader
@@ -42,7 +43,8 @@ class EvalConfig(JobConfig):
     reranker: str = Field(BASE_RERANKER, description="a reranker name or path; 'none' keeps "
                           "the retrieval order, 'oracle' puts the gold documents first")
     reranker_kind: Literal["cross", "bi"] = "cross"
-    rank_by: str | None = Field(None, description="rank by a candidate field (mining setting)")
+    rank_by: str | None = Field(None, description="rank by a candidate field (mining setting), "
+                                "in its signal's declared direction (raglign.signals.ranking)")
     generator: str | None = None
     k: int = Field(5, ge=1, description="documents given to the generator; the @k of the metrics")
     k1: int = Field(20, ge=1, description="retrieved candidates the reranker sees")
@@ -119,15 +121,23 @@ class _GenerateActor:
 
 
 def _ranking(row: dict, cfg: EvalConfig) -> list[int]:
-    """Candidate indices, best first, among the first k1."""
+    """Candidate indices, best first, among the first k1.
+
+    ``rank_by`` ranks as ``raglign signals-eval`` and ``raglign mine`` do
+    (:func:`raglign.signals.ranking.rank_candidates`): in the direction the signal declares
+    (``loo_logprob`` lowest first) with unlabelled (null) candidates last in retrieval order,
+    since LOOP leaves candidates below rank K null and the judge an unparseable output. A field
+    no candidate of the row has at all is a typo or an unlabelled row, and an error.
+    """
     cands = row["candidates"][: cfg.k1]
     if cfg.rank_by:
-        vals = [c.get(cfg.rank_by) for c in cands]
-        missing = [i for i, v in enumerate(vals) if v is None]
-        if missing:
-            raise ConfigError(f"row {row['id']}: candidate {missing[0]} has no field "
-                              f"{cfg.rank_by!r} to rank by")
-        return sorted(range(len(cands)), key=lambda i: -vals[i])
+        if not any(cfg.rank_by in c for c in cands):
+            raise ConfigError(f"row {row['id']}: no field {cfg.rank_by!r} on any candidate to "
+                              "rank by")
+        try:
+            return rank_candidates(cands, cfg.rank_by)
+        except TypeError as e:
+            raise DataError(cfg.data, row["id"], "candidates", str(e)) from None
     if cfg.reranker == BASE_RERANKER:
         return list(range(len(cands)))
     if cfg.reranker == ORACLE_RERANKER:

@@ -14,10 +14,12 @@ Two outputs, both through :mod:`raglign.mining` (the maths lives there; this mod
   ``answer_logprob`` as it is. Rows: ``{id, question, docs, lm_logprob, signal}`` — what the
   ``emdr`` and ``replug`` objectives read.
 
-``loo_logprob`` ranks ascending for groups (a document whose removal lowers the answer's
-likelihood most is the most useful). Mining is light arithmetic, so it runs in this process; the
-input is read once. Output: ``part-00000.parquet`` (atomic), ``_rejects.jsonl`` (rows too short
-for a group, with the reason) and ``_summary.json``.
+Groups rank each signal in the direction it declares (:mod:`raglign.signals.ranking`, the
+definition ``raglign eval --rank-by`` and ``raglign signals-eval`` use too): ``loo_logprob``
+lowest first, since a document whose removal lowers the answer's likelihood most is the most
+useful; ``descending`` in a job YAML overrides it. Mining is light arithmetic, so it runs in this
+process; the input is read once. Output: ``part-00000.parquet`` (atomic), ``_rejects.jsonl``
+(rows too short for a group, with the reason) and ``_summary.json``.
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ from raglign.mining import (
     mine_targets,
 )
 
-ASCENDING_SIGNALS = {"loo_logprob"}
-
 
 class MineConfig(JobConfig):
     """Groups (``signal``), soft targets (``targets``) or LM log-probability rows
@@ -58,7 +58,9 @@ class MineConfig(JobConfig):
     seed: int = 42
     fixed_ranks: list[int] | None = None
     alpha: float | None = Field(None, ge=0.0, le=1.0)
-    descending: bool | None = None
+    descending: bool | None = Field(None, description="rank groups highest first (true) or "
+                                    "lowest first (false); default: the signal's declared "
+                                    "direction (raglign.signals.ranking)")
     targets: Literal["pdist", "loop", "adist", "replug"] | None = None
     lm_logprobs: bool = False  # EMDR / REPLUG rows: raw answer_logprob of the first k candidates
     temperature: float | None = Field(None, gt=0)
@@ -87,10 +89,9 @@ def run_mine(cfg: MineConfig, progress=print) -> dict:
     rows = read_rows(cfg.input, limit=cfg.limit)
     source = str(cfg.input)
     if cfg.signal:
-        descending = (cfg.signal not in ASCENDING_SIGNALS) if cfg.descending is None else cfg.descending
         groups, rejects = mine_groups(rows, cfg.signal, n=cfg.n, m=cfg.m, seed=cfg.seed,
                                       fixed_ranks=cfg.fixed_ranks, alpha=cfg.alpha,
-                                      descending=descending, source=source)
+                                      descending=cfg.descending, source=source)
         records = [{**flatten_group(g), "negative_ranks": g["negative_ranks"],
                     "signal": g["signal"], "alpha": g["alpha"]} for g in groups]
         kind = f"groups by {cfg.signal}"

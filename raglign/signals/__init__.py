@@ -1,7 +1,9 @@
 """Labelling signals, one module each, registered by the candidate field they write.
 
 :data:`SIGNALS` is the table ``LabelConfig.signals`` is validated against: adding a signal is
-one module with a :class:`~raglign.signals.base.Signal` subclass plus one line here.
+one module with a :class:`~raglign.signals.base.Signal` subclass (its ``name`` and its ranking
+direction ``higher_is_better``) plus one line here. :mod:`raglign.signals.ranking` reads the
+directions from this table; it is not imported here, since it imports this table.
 """
 
 from __future__ import annotations

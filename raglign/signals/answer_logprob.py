@@ -17,6 +17,7 @@ from raglign.signals.base import Item, Labels, LikelihoodSignal, Score
 class AnswerLogprob(LikelihoodSignal):
     name = "answer_logprob"
     summary = "log p(answer | question, d_i), each document alone (PDist / REPLUG / EMDR)"
+    higher_is_better = True  # the answer is likelier with this document
 
     def requests(self, item: Item, cfg):
         if cfg.context == "parallel":

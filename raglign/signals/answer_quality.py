@@ -32,6 +32,7 @@ def answer_scores(item: Item, results, cfg, metric: str) -> list[float | None]:
 class AnswerQuality(Signal):
     name = "answer_quality"
     summary = "EM/F1/SubEM of the answer generated with d_i alone (RRR)"
+    higher_is_better = True  # a better answer with this document alone
 
     def requests(self, item, cfg):
         return single_doc_answers(item, cfg)

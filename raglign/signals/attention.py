@@ -17,6 +17,7 @@ from raglign.signals.base import Labels, Signal, require_parallel
 class Attention(Signal):
     name = "attention"
     summary = "answer tokens' value-weighted attention mass per document (ADist)"
+    higher_is_better = True  # the answer attends to this document more
 
     def needs(self, cfg):
         return {"engine"}

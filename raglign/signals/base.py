@@ -123,9 +123,18 @@ class Models:
 
 class Signal:
     """One labelling signal. Subclasses set ``name`` (the candidate field it writes) and
-    implement :meth:`requests` and :meth:`compute`; ``columns`` names top-level columns it adds."""
+    ``higher_is_better``, and implement :meth:`requests` and :meth:`compute`; ``columns`` names
+    top-level columns it adds.
+
+    ``higher_is_better`` is the one place a signal's ranking direction is written: every
+    consumer that orders candidates by the field (evaluation, signal evaluation, mining, the
+    G-Rerank report) reads it through :mod:`raglign.signals.ranking`. It has no default, so a
+    new signal has to decide. A ``None`` value means "not labelled" and ranks after every
+    labelled candidate in retrieval order, the same for all signals (see that module).
+    """
 
     name: ClassVar[str]
+    higher_is_better: ClassVar[bool]
     columns: ClassVar[dict[str, pa.DataType]] = {}
     summary: ClassVar[str] = ""
 

@@ -29,6 +29,7 @@ def dpa_mix(correct: list[float | None], alpha: float) -> list[float | None]:
 class DPA(Signal):
     name = "dpa"
     summary = "α·[LLM correct with d_i alone] + (1-α)·(1 - rank/n) (DPA-RAG)"
+    higher_is_better = True  # correct with this document, then higher in retrieval
 
     def requests(self, item, cfg):
         return single_doc_answers(item, cfg)

@@ -18,6 +18,7 @@ from raglign.signals.base import Labels, Signal, require_parallel, row_seed
 class GumbelWeight(Signal):
     name = "gumbel_weight"
     summary = "G-Rerank Algorithm 2: learned Gumbel sampling weight per document"
+    higher_is_better = True  # Algorithm 2 learned to sample this document more
 
     def needs(self, cfg):
         return {"engine"}

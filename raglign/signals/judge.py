@@ -51,6 +51,7 @@ def judge_prompt(tokenizer, question: str, answer: str, doc: tuple[str | None, s
 class Judge(Signal):
     name = "judge"
     summary = "LLM relevance label with the answer in view: 2 relevant / 1 partially / 0 not (ARL2)"
+    higher_is_better = True  # 2 relevant > 1 partially > 0 not
 
     def requests(self, item: Item, cfg):
         return [Generate("judge", item.question, (d,), item.answer,

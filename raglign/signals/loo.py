@@ -19,6 +19,7 @@ from raglign.signals.base import Item, Labels, LikelihoodSignal, Score
 class LeaveOneOut(LikelihoodSignal):
     name = "loo_logprob"
     summary = "log p(answer | question, top-K without d_i); null below rank K (LOOP)"
+    higher_is_better = False  # removing a needed document lowers log p(a | the rest)
 
     def requests(self, item: Item, cfg):
         if cfg.context == "parallel":

@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from raglign.mining import mix_scores
 from raglign.prompts import format_document
 from raglign.signals.base import Generate, Item, Labels, Signal, row_seed
 
@@ -41,6 +40,7 @@ class Rationale(Signal):
     name = "rationale_score"
     columns = {"rationale": pa.string()}
     summary = "RADIO: α·minmax(sim(Enc(d_i), Enc(rationale))) + (1-α)·minmax(retrieval score)"
+    higher_is_better = True  # closer to the rationale (and higher in retrieval)
 
     def needs(self, cfg):
         return {"generator", "encoder"}
@@ -54,6 +54,10 @@ class Rationale(Signal):
     def compute(self, item, results, models, cfg):
         rationale = results[self.requests(item, cfg)[0]].strip()
         sim = rationale_similarity(models.encoder, item, rationale, cfg.rationale.similarity)
+        # Imported here: raglign.mining ranks by the directions this package declares
+        # (raglign.signals.ranking), so a module-level import would be circular.
+        from raglign.mining import mix_scores
+
         mixed = mix_scores(sim, item.retrieval_scores, cfg.rationale.alpha)
         return Labels([float(v) for v in mixed], columns={"rationale": rationale},
                       counts={"rationale_empty": int(not rationale)})
