@@ -3,7 +3,7 @@
 A training micro-batch holds groups of documents of mixed lengths; padded as one batch, every
 document costs the longest one's tokens. ``Encoder.embed`` and the cross-encoder's
 ``forward_scores`` instead run length-sorted micro-batches under a padded-token budget
-(``token_budget``; ``raglign.models.batching``). This measures both on real HotpotQA
+(``token_budget``; ``raglign.batching``). This measures both on real HotpotQA
 distractor paragraphs with the packaged MiniLM-L6 (bi-encoder, and the cross-encoder built on
 it), one torch thread, fp32: padded tokens computed per real token, and seconds per
 forward+backward of ``--groups`` groups of 7 documents, alternating the budgets in one run.

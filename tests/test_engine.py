@@ -124,9 +124,47 @@ def test_leave_one_out_equals_fresh_prefill(engine, cache):
     assert loo.shape == (k,)
     for i in range(k):
         subset = [DOCS[j] for j in range(k) if j != i]
-        fresh = engine.prepare(QUESTION, subset, suffix_start=cache.suffix_start)
+        fresh = engine.prepare(QUESTION, subset)  # the subset's own positions (hard-mask rule)
         torch.testing.assert_close(loo[i], engine.answer_logprob(fresh, ANSWER), atol=1e-4, rtol=0)
     assert loo.unique().numel() == k  # the passes really differ
+
+
+# (2b) hard masks score at natural positions: one document == its concatenated prompt ---------
+def test_single_document_equals_concatenated_one_document_prompt(engine, cache):
+    single = engine.single_document(cache, ANSWER)
+    ref = torch.stack([engine.concat_logprob(QUESTION, [d], ANSWER) for d in DOCS])
+    torch.testing.assert_close(single, ref, atol=1e-4, rtol=0)
+    # and per token, with every document's block packed into one row
+    per_token = engine.masked_logprobs(cache, ANSWER, torch.eye(cache.num_docs), per_token=True)
+    for i, d in enumerate(DOCS):
+        torch.testing.assert_close(per_token[i], engine.concat_logprob(QUESTION, [d], ANSWER,
+                                                                       per_token=True),
+                                   atol=1e-4, rtol=0)
+
+
+def test_suffix_position_rule_per_mask_kind(engine, cache):
+    P, lens = len(cache.prefix_ids), cache.doc_lens
+    assert lens[0] < max(lens) and min(lens) < max(lens[2:])  # a wrong rule cannot pass by chance
+    masks = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1],
+                          [0.5, 0, 1, 1], [1e-9, 1, 1, 1]])
+    starts = engine.suffix_starts(cache, masks).tolist()
+    assert starts == [P + lens[0], P + max(lens[2], lens[3]), P, P + max(lens),
+                      cache.suffix_start, cache.suffix_start]
+    assert cache.suffix_start == P + max(lens)
+    grad_mask = torch.eye(cache.num_docs)[:1].requires_grad_()  # differentiable: always soft
+    assert engine.suffix_starts(cache, grad_mask).tolist() == [cache.suffix_start]
+    pinned = engine.prepare(QUESTION, DOCS[:1], suffix_start=cache.suffix_start)
+    assert engine.suffix_starts(pinned, torch.ones(1, 1)).tolist() == [cache.suffix_start]
+
+
+def test_token_budget_prefill_equals_one_document_at_a_time(arch, cache):
+    """Length-sorted prefill batches under a token budget give the same cache as one document
+    per forward (padding is invisible), and a budget below the longest document still works."""
+    for budget in (1, 64, 100_000):
+        eng = DocumentEngine(arch[1], arch[2], prefill_token_budget=budget)
+        other = eng.prepare(QUESTION, DOCS)
+        for a, b in zip(other.keys + other.values, cache.keys + cache.values):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 # (3) all-ones mask == the parallel prompt with no mask at all -------------------------------
@@ -142,6 +180,7 @@ def test_near_zero_mask_equals_removal(engine, cache):
         mask = torch.ones(cache.num_docs)
         mask[i] = 1e-9
         kept = [d for j, d in enumerate(DOCS) if j != i]
+        # a soft mask keeps the all-candidate position: pin the subset's prefill there
         fresh = engine.prepare(QUESTION, kept, suffix_start=cache.suffix_start)
         torch.testing.assert_close(engine.answer_logprob(cache, ANSWER, mask),
                                    engine.answer_logprob(fresh, ANSWER), atol=1e-4, rtol=0)
@@ -268,6 +307,39 @@ def test_bfloat16_parallel_close_to_concat(arch):
     ref = eng.concat_logprob(QUESTION, [DOCS[0]], ANSWER)
     assert par.dtype == torch.float32
     assert abs(par.item() - ref.item()) < 0.05 * abs(ref.item()) + 0.05
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["smollm2-135m", "gemma3-270m"])
+def test_real_models_single_document_equals_concatenated_prompt(name, shared_data, tmp_path):
+    """The label-fidelity contract on real weights (float32) and a real HotpotQA row of 10
+    paragraphs of 36-346 tokens: every single-document score through the shared cache equals
+    the ordinary one-document prompt within 1e-3 nats, and leave-one-out equals the concatenated
+    prompt without that document's fresh parallel prefill."""
+    from transformers import AutoModelForCausalLM
+
+    from raglign.data.convert import convert
+    from raglign.data.io import read_rows
+    from raglign.models.registry import load_tokenizer, resolve_model
+    from raglign.signals.base import pick_answer
+
+    convert("hotpotqa", shared_data / "hotpotqa" / "hotpotqa_train.json", tmp_path / "rows",
+            limit=1)
+    row = read_rows(tmp_path / "rows")[0]
+    docs = [(c["title"], c["text"]) for c in row["candidates"]]
+    answer = pick_answer(list(row["answers"]), row["candidates"], "best")
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(name), dtype=torch.float32)
+    eng = DocumentEngine(model, load_tokenizer(name))
+    cache = eng.prepare(row["question"], docs)
+    assert len(set(cache.doc_lens)) > 5  # lengths differ: the old fixed position would fail
+    single = eng.single_document(cache, answer)
+    ref = torch.stack([eng.concat_logprob(row["question"], [d], answer) for d in docs])
+    torch.testing.assert_close(single, ref, atol=1e-3, rtol=0)
+    loo = eng.leave_one_out(cache, answer, k=3)
+    for i in range(3):
+        subset = [docs[j] for j in range(3) if j != i]
+        fresh = eng.prepare(row["question"], subset)
+        torch.testing.assert_close(loo[i], eng.answer_logprob(fresh, answer), atol=1e-3, rtol=0)
 
 
 @pytest.mark.integration

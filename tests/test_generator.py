@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from raglign.errors import ConfigError, DataError
-from raglign.models.batching import length_batches
+from raglign.batching import length_batches
 from raglign.models.generator import (
     GenerationParams, TransformersGenerator, cut_at_stop, pick_dtype)
 from raglign.prompts import (

@@ -144,7 +144,7 @@ def test_inference_is_hard_topk_of_reranker_scores(tiny_bert_dir, engine, caches
     mask = hard_topk_mask(scores, 2)
     assert sorted(torch.nonzero(mask).flatten().tolist()) == sorted(top)
     # the hard mask reads exactly what a prompt holding only the top-k documents reads
-    subset = engine.prepare(q, [docs[i] for i in sorted(top)], suffix_start=caches[0].suffix_start)
+    subset = engine.prepare(q, [docs[i] for i in sorted(top)])
     torch.testing.assert_close(engine.answer_logprob(caches[0], answer, mask),
                                engine.answer_logprob(subset, answer), rtol=1e-4, atol=1e-4)
     # no noise, a temperature far below the score gaps, k = 1: the relaxed mask is the hard top-1

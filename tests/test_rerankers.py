@@ -135,7 +135,7 @@ def test_length_sorted_micro_batches_keep_scores_and_gradients(kind, tiny_cross_
 
 
 def test_forward_length_sorted_returns_rows_in_input_order():
-    from raglign.models.batching import forward_length_sorted
+    from raglign.batching import forward_length_sorted
 
     lengths = [3, 9, 1, 9, 4, 7]
     seen = []

@@ -81,15 +81,12 @@ def test_answer_logprob_concat_equals_generator_score(models):
 def test_answer_logprob_parallel_equals_single_document_prefill(models):
     values = _values(_label(models, ["answer_logprob"], context="parallel"), "answer_logprob")
     eng = models.engine
-    full = eng.prepare(QUESTION, DOCS)
-    # The answer sits after the longest candidate in parallel mode: each document's reference is
-    # a fresh prefill of it alone at those positions; for the longest one that IS the concat prompt.
-    ref = [eng.answer_logprob(eng.prepare(QUESTION, [d], suffix_start=full.suffix_start),
-                              "Paris").item() for d in DOCS]
+    # A hard mask scores the answer right after its one visible document: every value is the
+    # ordinary one-document prompt, whatever the other candidates' lengths.
+    ref = [eng.concat_logprob(QUESTION, [d], "Paris").item() for d in DOCS]
     np.testing.assert_allclose(values, ref, atol=2e-4)
-    longest = max(range(len(DOCS)), key=lambda i: full.doc_lens[i])
-    assert math.isclose(values[longest], eng.concat_logprob(QUESTION, [DOCS[longest]], "Paris").item(),
-                        abs_tol=2e-4)
+    concat = _values(_label(models, ["answer_logprob"], context="concat"), "answer_logprob")
+    np.testing.assert_allclose(values, concat, atol=2e-4)
 
 
 def test_loo_concat_and_parallel_against_subset_references(models):
@@ -99,13 +96,12 @@ def test_loo_concat_and_parallel_against_subset_references(models):
                        "loo_logprob")
     assert concat[k:] == [None, None] and parallel[k:] == [None, None]
     eng = models.engine
-    full = eng.prepare(QUESTION, DOCS)
     for i in range(k):
         keep = [j for j in range(k) if j != i]
         ref_concat = eng.concat_logprob(QUESTION, DOCS, "Paris", keep=keep).item()
         assert math.isclose(concat[i], ref_concat, abs_tol=2e-4)
-        # Parallel mode's reference: a fresh prefill of the subset at the full list's positions.
-        fresh = eng.prepare(QUESTION, [DOCS[j] for j in keep], suffix_start=full.suffix_start)
+        # Parallel mode's reference: a fresh parallel prefill of the subset (its own positions).
+        fresh = eng.prepare(QUESTION, [DOCS[j] for j in keep])
         assert math.isclose(parallel[i], eng.answer_logprob(fresh, "Paris").item(), abs_tol=2e-4)
 
 

@@ -12,17 +12,26 @@ the documents. With parallel prefill, one set of document keys/values serves all
    continuation of the prefix at positions ``P … P+L_i-1`` -- all documents start at the same
    position, none sees another -- and its keys/values (rotary already applied) are cached without
    grad and concatenated along the sequence axis.
-3. The suffix + answer run at positions starting at ``P + max_i L_i`` (the longest document of
-   *all* candidates, kept fixed when documents are masked or dropped, so that dropping a document
-   never shifts the answer's positions), attending to the prefix, to every visible document key
-   with ``log(mask_i)`` added to its logit, and causally to themselves.
+3. The suffix + answer run after the documents, attending to the prefix, to every visible
+   document key with ``log(mask_i)`` added to its logit, and causally to themselves. Where they
+   start depends on the kind of mask (:meth:`DocumentEngine.suffix_starts`):
+
+   * a **hard** mask (every value 0 or 1) starts the answer right after the longest *visible*
+     document, ``P + max_{i visible} L_i``: one document alone is then token for token its own
+     concatenated prompt, and a subset (leave-one-out, an RRPO state, a hard top-k) reads what a
+     fresh parallel prefill of that subset reads;
+   * a **soft** mask (G-Rerank's relaxed top-k, any value strictly between 0 and 1, or a mask that
+     requires grad) hides no document, so it starts at ``P + max_i L_i`` over *all* candidates:
+     one position per query, which does not jump with the mask values gradients are taken for.
 
 Many masks are evaluated in ONE forward row: the m suffix passes are packed side by side with a
-block-diagonal mask, so the document cache is read once instead of being copied into m batch rows.
+block-diagonal mask, each block with its own position ids, so the document cache is read once
+instead of being copied into m batch rows.
 
 Public API (all log-probabilities are natural-log, summed over answer tokens unless ``per_token``)::
 
-    engine = DocumentEngine(model, tokenizer, prefill_batch_size=8, max_pack_tokens=1024, eps=1e-12)
+    engine = DocumentEngine(model, tokenizer, prefill_batch_size=8, prefill_token_budget=None,
+                            max_pack_tokens=1024, eps=1e-12)
     cache = engine.prepare(question, documents, choices=None, suffix_start=None) -> DocCache
     caches = engine.prepare_many(questions, documents_per_question, choices=None) -> list[DocCache]
     engine.answer_logprob(cache, answer, mask=None, per_token=False) -> Tensor [] or [A]
@@ -33,6 +42,7 @@ Public API (all log-probabilities are natural-log, summed over answer tokens unl
     engine.attention_mass(cache, answer, mask=None, per_layer=False) -> Tensor [n] # sums to 1
     engine.concat_logprob(question, documents, answer, keep=None, choices=None,
                           per_token=False) -> Tensor []           # the exact reference
+    engine.suffix_starts(cache, masks) -> Tensor [m]              # the answer's first position
 
 ``documents`` are ``(title, text)`` pairs in retrieval order; masks are floats in [0, 1] over the
 documents (1 = visible, 0 = removed exactly, in between = G-Rerank's soft mask). A mask that
@@ -50,6 +60,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from raglign.batching import length_batches
 from raglign.engine.masks import (DEFAULT_EPS, additive_mask, keep_mask, leave_one_out_masks,
                                   log_mask, sliding_window)
 from raglign.errors import ConfigError, DataError
@@ -57,15 +68,22 @@ from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, p
 
 Document = tuple[str | None, str]
 
+#: Padded tokens per prefill forward by device type. On a CPU a single ~200-token document
+#: already gives the matmuls enough rows, so batching buys nothing and padding costs: one
+#: document per forward measured 0.95x the concatenated path's CPU time, 1024-token batches
+#: 1.04x (docs/benchmarks.md, "Engine vs concatenated scoring"). A GPU needs large batches.
+PREFILL_TOKEN_BUDGET = {"cpu": 1, "cuda": 16384}
+
 
 @dataclass
 class DocCache:
     """The prefilled prompt of one query: token pieces plus the per-layer keys/values of the
     prefix followed by every document (``[1, kv_heads, P + D, head_dim]`` each).
 
-    ``key_doc[j]`` is the document of key j (-1 for the prefix) and ``key_pos[j]`` its position;
-    the suffix starts at ``suffix_start``. The cache holds no autograd graph and is reusable for
-    any number of answers and masks.
+    ``key_doc[j]`` is the document of key j (-1 for the prefix) and ``key_pos[j]`` its position.
+    ``suffix_start`` is where a soft mask's suffix starts (after the longest candidate);
+    ``pinned`` means it was given to :meth:`DocumentEngine.prepare` and holds for hard masks too.
+    The cache holds no autograd graph and is reusable for any number of answers and masks.
     """
 
     prompt: ParallelPrompt
@@ -77,6 +95,7 @@ class DocCache:
     key_doc: torch.Tensor
     key_pos: torch.Tensor
     suffix_start: int
+    pinned: bool = False
 
     @property
     def num_docs(self) -> int:
@@ -99,21 +118,27 @@ class DocumentEngine:
     """Parallel-prefill document cache and masked answer likelihood for a decoder-only HF model.
 
     Verified on Llama-family (SmolLM2), Qwen2-family and Gemma-3 text models (see docs/engine.md).
-    ``prefill_batch_size`` bounds how many documents are encoded in one forward (memory);
-    ``max_pack_tokens`` bounds how many suffix tokens share one packed row (the attention mask is
+    Documents are prefilled in length-sorted batches of at most ``prefill_batch_size`` rows and
+    ``prefill_token_budget`` padded tokens (None: :data:`PREFILL_TOKEN_BUDGET` for the device,
+    one document per forward on a CPU): a fixed batch of 8 HotpotQA paragraphs padded to 1.6x
+    their tokens and made the engine slower than scoring each document's own prompt. ``max_pack_tokens`` bounds how many suffix tokens share one packed row (the attention mask is
     ``pack × (cache + pack)``); ``eps`` clamps soft masks before the log.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, prefill_batch_size: int = 8,
-                 max_pack_tokens: int = 1024, eps: float = DEFAULT_EPS):
-        if prefill_batch_size < 1 or max_pack_tokens < 1:
-            raise ConfigError("prefill_batch_size and max_pack_tokens must be >= 1")
+                 prefill_token_budget: int | None = None, max_pack_tokens: int = 1024,
+                 eps: float = DEFAULT_EPS):
+        if min(prefill_batch_size, max_pack_tokens, prefill_token_budget or 1) < 1:
+            raise ConfigError("prefill_batch_size, prefill_token_budget and max_pack_tokens "
+                              "must be >= 1")
         self.model = model.eval()
         # The LLM is frozen in every method raglign implements; freezing it here means a loss on
         # a soft mask back-propagates into the mask only, without computing parameter grads.
         self.model.requires_grad_(False)
         self.tokenizer = tokenizer
         self.prefill_batch_size = prefill_batch_size
+        self.prefill_token_budget = (prefill_token_budget if prefill_token_budget is not None
+                                     else PREFILL_TOKEN_BUDGET.get(self.device.type, 16384))
         self.max_pack_tokens = max_pack_tokens
         self.eps = eps
         # Models with sliding-window layers take a dict of masks keyed by layer type.
@@ -138,9 +163,10 @@ class DocumentEngine:
 
     def prepare(self, question: str, documents: Sequence[Document],
                 choices: list[str] | None = None, suffix_start: int | None = None) -> DocCache:
-        """Prefill one query's documents. ``suffix_start`` overrides the answer's start position
-        (default ``len(prefix) + longest document``); pass the full candidate list's value when
-        prefilling a subset that must match masking within the full list."""
+        """Prefill one query's documents. ``suffix_start`` pins the answer's start position for
+        every mask, hard or soft (by default hard masks start after their longest visible
+        document and soft ones after the longest of all); pass a full candidate list's
+        ``suffix_start`` when prefilling a subset that must match a soft mask on the full list."""
         return self.prepare_many([question], [documents], None if choices is None else [choices],
                                  suffix_start=suffix_start)[0]
 
@@ -150,7 +176,8 @@ class DocumentEngine:
                      suffix_start: int | None = None) -> list[DocCache]:
         """Prefill several queries at once: the prefix (the system text, usually identical for
         all queries) is encoded once per distinct prefix, and documents of all queries are
-        encoded together in length-sorted batches of ``prefill_batch_size``."""
+        encoded together in length-sorted batches under ``prefill_batch_size`` rows and
+        ``prefill_token_budget`` padded tokens."""
         if len(questions) != len(documents):
             raise DataError("document engine", None, "documents",
                             f"{len(questions)} questions but {len(documents)} document lists")
@@ -166,9 +193,10 @@ class DocumentEngine:
         for key, kv in prefix_kv.items():
             pairs = [(qi, di) for qi, p in enumerate(prefixes) if tuple(p) == key
                      for di in range(len(doc_ids[qi]))]
-            pairs.sort(key=lambda qd: -len(doc_ids[qd[0]][qd[1]]))
-            for start in range(0, len(pairs), self.prefill_batch_size):
-                chunk = pairs[start:start + self.prefill_batch_size]
+            lengths = [len(doc_ids[qi][di]) for qi, di in pairs]
+            for batch in length_batches(lengths, self.prefill_batch_size,
+                                        self.prefill_token_budget):
+                chunk = [pairs[i] for i in batch]
                 encoded = self._encode_documents(kv, [doc_ids[qi][di] for qi, di in chunk])
                 doc_kv.update(zip(chunk, encoded))
 
@@ -190,7 +218,8 @@ class DocumentEngine:
                 suffix_ids=encode_piece(self.tokenizer, prompt.suffix),
                 keys=[torch.cat([k for k, _ in kv], dim=2) for kv in layers],
                 values=[torch.cat([v for _, v in kv], dim=2) for kv in layers],
-                key_doc=key_doc, key_pos=key_pos.to(self.device), suffix_start=start))
+                key_doc=key_doc, key_pos=key_pos.to(self.device), suffix_start=start,
+                pinned=suffix_start is not None))
         return caches
 
     def _encode_prefix(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -281,6 +310,25 @@ class DocumentEngine:
         """log p(a | q, chosen documents ``keep``) through the cache (RRPO's log-p reward)."""
         return self.answer_logprob(cache, answer, keep_mask(cache.num_docs, keep).to(self.device))
 
+    def suffix_starts(self, cache: DocCache, masks: torch.Tensor) -> torch.Tensor:
+        """``[m]``: the position of the first suffix token under each mask of ``masks [m, n]``.
+
+        A hard mask (every value exactly 0 or 1, and not requiring grad) starts the suffix right
+        after its longest visible document -- where a prompt holding just those documents puts
+        it -- so single-document scores equal the concatenated one-document prompt. A soft mask
+        hides nothing and keeps the query's one fixed position, after the longest candidate
+        (``cache.suffix_start``); so does every mask of a cache prefilled with a pinned
+        ``suffix_start``. Measured in docs/engine.md ("Position-id rule").
+        """
+        masks = self._check_masks(cache, masks)
+        fixed = torch.full((masks.shape[0],), cache.suffix_start, device=self.device)
+        if cache.pinned or cache.num_docs == 0 or masks.requires_grad:
+            return fixed
+        hard = ((masks == 0) | (masks == 1)).all(-1)
+        lens = torch.tensor(cache.doc_lens, device=self.device)
+        natural = len(cache.prefix_ids) + torch.where(masks > 0, lens, 0).amax(-1)
+        return torch.where(hard, natural, fixed)
+
     def _check_masks(self, cache: DocCache, masks: torch.Tensor) -> torch.Tensor:
         masks = torch.as_tensor(masks, device=self.device)
         if masks.dim() != 2 or masks.shape[1] != cache.num_docs:
@@ -307,7 +355,8 @@ class DocumentEngine:
         allowed = torch.cat([ctx_allowed.repeat_interleave(S, 0), self_allowed], dim=1)
         bias = torch.cat([ctx_bias.repeat_interleave(S, 0),
                           torch.zeros(g * S, g * S, dtype=logm.dtype, device=dev)], dim=1)
-        pos = torch.arange(cache.suffix_start, cache.suffix_start + S, device=dev).repeat(g)
+        pos = (self.suffix_starts(cache, masks).repeat_interleave(S)
+               + torch.arange(S, device=dev).repeat(g))
         ids = torch.tensor(seq, device=dev).repeat(g)
         past = list(zip(cache.keys, cache.values))
         return self._forward(ids[None], pos[None], past, allowed[None], pos[None],

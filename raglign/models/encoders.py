@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from raglign.errors import ConfigError
-from raglign.models.batching import forward_length_sorted, token_budget
+from raglign.batching import forward_length_sorted, token_budget
 from raglign.models.registry import resolve_model
 
 logger = logging.getLogger(__name__)

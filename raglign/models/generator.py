@@ -32,8 +32,8 @@ from transformers import DynamicCache, GenerationConfig, StoppingCriteria, Stopp
 
 from raglign.engine.masks import LAYER_TYPES, additive_mask, sliding_window
 from raglign.errors import ConfigError, DataError
-from raglign.models.batching import length_batches
-from raglign.models.batching import token_budget as default_token_budget
+from raglign.batching import length_batches
+from raglign.batching import token_budget as default_token_budget
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, encode_prompt
 
 Prompt = str | ParallelPrompt

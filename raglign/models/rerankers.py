@@ -39,7 +39,7 @@ from raglign.models.encoders import (
     resolve_device,
     resolve_dtype,
 )
-from raglign.models.batching import forward_length_sorted, token_budget
+from raglign.batching import forward_length_sorted, token_budget
 from raglign.models.registry import resolve_model
 
 logger = logging.getLogger(__name__)
