@@ -8,13 +8,15 @@ in a top-level ``job:`` key. Defaults follow the papers (../shared/design/method
 from __future__ import annotations
 
 import importlib
+import re
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from raglign.errors import ConfigError
+from raglign.errors import ConfigError, did_you_mean
 
 
 class StrictModel(BaseModel):
@@ -52,14 +54,63 @@ JOBS: dict[str, str] = {
 C = TypeVar("C", bound=BaseModel)
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per bad field: ``path.to.field: reason (got value)``."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes an annotation can hold (``X``, ``X | None``, ``list[X]`` …)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _fields_at(cls: type[BaseModel], path: tuple) -> list[str]:
+    """The field names valid at ``path`` (an error's location without its last part) inside
+    ``cls``; empty where the path leads out of config classes (a dict, a list index)."""
+    models = [cls]
+    for part in path:
+        if isinstance(part, int):
+            continue  # a list index: the item is the list's own model
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        models = [m for f in fields for m in _models_in(f.annotation)]
+    return [name for m in models for name in m.model_fields]
+
+
+def _dotted(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def _unknown_key_line(loc: tuple, source: str, cls: type[BaseModel] | None) -> str:
+    """``unknown key `ray.adress` in job.yaml (did you mean `ray.address`?)``; with no close
+    name, the keys valid there, so the fix never needs the source code."""
+    valid = _fields_at(cls, loc[:-1]) if cls else []
+    prefix = "".join(f"{p}." for p in loc[:-1])
+    line = f"unknown key `{_dotted(loc)}` in {source}"
+    hint = did_you_mean(loc[-1], valid, prefix)
+    if hint:
+        return line + hint
+    return line + (f"; valid keys{' under ' + prefix[:-1] if prefix else ''}: "
+                   f"{', '.join(valid)}" if valid else "")
+
+
+def _literal_choices(expected: str) -> list[str]:
+    """The names in pydantic's ``'dense' or 'bm25'`` (a literal or enum error's ``expected``)."""
+    return re.findall(r"'([^']*)'", expected)
+
+
+def format_validation_error(err: ValidationError, source: str,
+                            cls: type[BaseModel] | None = None) -> str:
+    """One line per bad field: ``path.to.field: reason (got value)``, with the closest valid
+    names for an unknown key or an invalid choice (``cls``, the validated class, knows the
+    keys)."""
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  {_unknown_key_line(e['loc'], source, cls)}")
+            continue
         got = e.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {path}: {e['msg']}{shown}")
+        hint = ""
+        if e["type"] in ("literal_error", "enum") and isinstance(got, str):
+            hint = did_you_mean(got, _literal_choices(e["ctx"]["expected"]))
+        lines.append(f"  {_dotted(e['loc'])}: {e['msg']}{shown}{hint}")
     return "\n".join(lines)
 
 
@@ -68,7 +119,7 @@ def validate(cls: type[C], data: dict[str, Any], source: str = "<config>") -> C:
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raise ConfigError(format_validation_error(e, source, cls)) from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -88,7 +139,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def job_class(name: str) -> type[JobConfig]:
     """The config class registered for a job name."""
     if name not in JOBS:
-        raise ConfigError(f"unknown job {name!r}; known jobs: {', '.join(sorted(JOBS))}")
+        raise ConfigError(f"unknown job {name!r}{did_you_mean(name, JOBS)}; known jobs: "
+                          f"{', '.join(sorted(JOBS))}")
     module, cls = JOBS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -50,7 +50,9 @@ def test_cli_data_error_exits_2_with_message(tmp_path, capsys):
     rc = main(["data", "convert", "--format", "nq-open", str(p), str(tmp_path / "o")])
     assert rc == 2
     assert capsys.readouterr().err.strip() == (
-        f"raglign: error: {p}, record 1, field 'answer': expected a list of strings, got a number")
+        f"raglign: error: {p}, record 1, field 'answer': expected a list of strings, got a number"
+        "\n  pass --skip-invalid (skip_invalid=True) to write bad records to _rejects.jsonl with "
+        "their reasons and convert the rest")
 
 
 def test_cli_skip_invalid_counts_rejects(tmp_path, capsys):

@@ -25,6 +25,9 @@ from raglign.data.summary import CorpusSummary, Summary
 from raglign.errors import DataError
 
 REJECTS = "_rejects.jsonl"
+# The next step for a rejected record: most datasets have a few bad records a user can drop.
+SKIP_HINT = (f"pass --skip-invalid (skip_invalid=True) to write bad records to {REJECTS} with "
+             "their reasons and convert the rest")
 SUMMARY = "_summary.json"
 
 
@@ -102,7 +105,7 @@ def run_staged(results: Iterable[Result], output: StagedOutput, summary: Summary
                 break
             if res.error is not None:
                 if not skip_invalid:
-                    raise res.error
+                    raise res.error.with_hint(SKIP_HINT)
                 output.reject(res.record.source, res.record.number, res.error, res.record.raw)
                 summary.rejected += 1
                 continue

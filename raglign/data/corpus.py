@@ -27,7 +27,7 @@ from raglign.data.loaders import Result, load_records
 from raglign.data.loaders.base import Fields, Record, open_text, read_json_records
 from raglign.data.schema import CORPUS_SCHEMA
 from raglign.data.summary import CorpusSummary
-from raglign.errors import ConfigError, DataError
+from raglign.errors import ConfigError, DataError, did_you_mean
 
 
 def split_contents(contents: str) -> tuple[str, str]:
@@ -106,10 +106,17 @@ CORPUS_FORMATS = {"jsonl": _read_jsonl, "hotpotqa-corpus": _read_hotpotqa_corpus
                   "dpr-ctxs": _read_dpr_ctxs}
 
 
+def check_corpus_format(format: str) -> None:
+    """Fail on an unknown corpus format before any output is touched, naming the closest."""
+    if format not in CORPUS_FORMATS:
+        raise ConfigError(f"unknown corpus format {format!r}"
+                          f"{did_you_mean(format, CORPUS_FORMATS)}; choose from "
+                          f"{', '.join(CORPUS_FORMATS)}")
+
+
 def iter_documents(format: str, input: str | os.PathLike) -> Iterator[Result]:
     """Every document of a corpus input with its error, if any; duplicate doc_ids are errors."""
-    if format not in CORPUS_FORMATS:
-        raise ConfigError(f"unknown corpus format {format!r}; choose from {', '.join(CORPUS_FORMATS)}")
+    check_corpus_format(format)
     seen: dict[str, int] = {}
     for res in CORPUS_FORMATS[format](input):
         if res.row is not None:
@@ -135,8 +142,7 @@ def convert_corpus(format: str, input: str | os.PathLike, output_dir: str | os.P
                    rows_per_file: int = 200_000) -> CorpusSummary:
     """Write a corpus input as Parquet (:data:`CORPUS_SCHEMA`) under ``output_dir``, with
     ``_summary.json`` (documents, mean/max words) and, with ``skip_invalid``, ``_rejects.jsonl``."""
-    if format not in CORPUS_FORMATS:
-        raise ConfigError(f"unknown corpus format {format!r}; choose from {', '.join(CORPUS_FORMATS)}")
+    check_corpus_format(format)
     summary = CorpusSummary(format=format, input=str(input), output_dir=str(output_dir))
     output = StagedOutput(output_dir, lambda docs: pa.Table.from_pylist(docs, schema=CORPUS_SCHEMA),
                           rows_per_file)

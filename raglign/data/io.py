@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raglign.data.schema import to_table
-from raglign.errors import DataError
+from raglign.errors import MissingInputError
 
 
 def parquet_files(path: str | os.PathLike) -> list[Path]:
@@ -25,10 +25,10 @@ def parquet_files(path: str | os.PathLike) -> list[Path]:
     if p.is_file():
         return [p]
     if not p.is_dir():
-        raise DataError(str(p), None, None, "no such file or directory")
+        raise MissingInputError(str(p), None, None, "no such file or directory")
     files = sorted(f for f in p.rglob("*.parquet") if not f.name.startswith((".", "_")))
     if not files:
-        raise DataError(str(p), None, None, "contains no .parquet files")
+        raise MissingInputError(str(p), None, None, "contains no .parquet files")
     return files
 
 

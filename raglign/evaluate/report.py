@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from raglign.errors import DataError
+from raglign.errors import DataError, MissingInputError
 
 COLUMNS = ["recall@1", "recall@5", "ndcg@5", "mrr", "indirect_recall@5", "em", "subem", "f1",
            "accuracy"]
@@ -43,7 +43,7 @@ def load_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
         try:
             run = json.loads(p.read_text())
         except FileNotFoundError:
-            raise DataError(str(p), None, None, "no such file") from None
+            raise MissingInputError(str(p), None, None, "no such file") from None
         except json.JSONDecodeError as e:
             raise DataError(str(p), None, None, f"not valid JSON: {e}") from None
         if not isinstance(run, dict) or "n" not in run:

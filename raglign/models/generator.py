@@ -31,7 +31,7 @@ import torch
 from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from raglign.engine.masks import LAYER_TYPES, additive_mask, sliding_window
-from raglign.errors import ConfigError, DataError
+from raglign.errors import ConfigError, DataError, did_you_mean
 from raglign.batching import length_batches
 from raglign.batching import token_budget as default_token_budget
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, encode_prompt
@@ -128,7 +128,9 @@ def resolve_params(params: GenerationParams | None, overrides: dict) -> Generati
     known = {f.name for f in dataclasses.fields(GenerationParams)}
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise ConfigError(f"unknown generation parameter(s) {unknown}; known: {sorted(known)}")
+        hints = "".join(did_you_mean(u, known) for u in unknown)
+        raise ConfigError(f"unknown generation parameter(s) {unknown}{hints}; known: "
+                          f"{sorted(known)}")
     return dataclasses.replace(base, **overrides)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from raglign.data.loaders import dpr, flashrag, hf, hotpotqa, mmlu, musique, nq_open, twowiki
 from raglign.data.loaders.base import Format, Record
 from raglign.data.schema import row_meta, validate_row
-from raglign.errors import ConfigError, DataError
+from raglign.errors import ConfigError, DataError, did_you_mean
 
 FORMATS: dict[str, Format] = {m.FORMAT.name: m.FORMAT for m in
                               (hotpotqa, twowiki, musique, nq_open, dpr, flashrag, mmlu, hf)}
@@ -27,7 +27,8 @@ def get_format(name: str) -> Format:
     try:
         return FORMATS[name]
     except KeyError:
-        raise ConfigError(f"unknown format {name!r}; choose from {', '.join(FORMATS)}") from None
+        raise ConfigError(f"unknown format {name!r}{did_you_mean(name, FORMATS)}; choose from "
+                          f"{', '.join(FORMATS)}") from None
 
 
 @dataclass
