@@ -162,3 +162,47 @@ def test_demo_comparison_files(tmp_path, capsys):
     assert "- **radio**: worse than the base" in md and "mrr -0.667 [-0.667, -0.667]" in md
     assert "- **oracle** (gold first, the ceiling): mrr +0.000" in md
     assert md.index("| base | 12 |") < md.index("| radio | 12 |") < md.index("| oracle | 12 |")
+
+
+def _plotted_run(name: str, mrr: float, f1: float) -> dict:
+    """An eval report with one ranking metric, two answer metrics and EM 0 on every question."""
+    return {"name": name, "n": 12, "reranker": "minilm-l6", "generator": "smollm2-135m", "k": 5,
+            "mrr": mrr, "mrr_ci": [mrr - 0.1, mrr + 0.1], "em": 0.0, "em_ci": [0.0, 0.0],
+            "f1": f1, "f1_ci": [f1 - 0.05, f1 + 0.05]}
+
+
+def test_comparison_figure_separates_ranking_and_answer_and_draws_zero_as_zero():
+    import matplotlib.pyplot as plt
+
+    from raglign.evaluate.report import comparison_figure
+
+    runs = [_plotted_run("base", 0.4, 0.1), _plotted_run("radio", 0.6, 0.2)]
+    runs[1]["recall@5"] = 0.9  # reported by one run only: its slot says n/a, no empty group
+    fig = comparison_figure(runs)
+    ranking, answer = fig.axes
+    assert (ranking.get_title(), answer.get_title()) == ("ranking metrics", "answer metrics")
+    assert [t.get_text() for t in ranking.get_xticklabels()] == ["recall@5", "mrr"]
+    assert [t.get_text() for t in answer.get_xticklabels()] == ["em", "f1"]
+    assert "ranking" in ranking.get_xlabel() and "answer" in answer.get_xlabel()
+    assert "mean" in ranking.get_ylabel()
+    assert fig._suptitle.get_text() == ("raglign runs: n = 12 questions; base reranker "
+                                        "minilm-l6; generator smollm2-135m (top-5 documents)")
+    # em is 0 for every run: one bar per run, each of height 0 (drawn, labelled 0.00)
+    em_bars = answer.patches[0::2]
+    assert [b.get_height() for b in em_bars] == [0.0, 0.0]
+    assert [t.get_text() for t in answer.texts].count("0.00") == 2
+    assert "n/a" in [t.get_text() for t in ranking.texts]
+    plt.close(fig)
+
+
+def test_comparison_figure_with_diffs_has_a_difference_row_per_panel():
+    import matplotlib.pyplot as plt
+
+    from raglign.evaluate.report import comparison_figure
+
+    runs = [_plotted_run("base", 0.4, 0.1), _plotted_run("radio", 0.6, 0.2)]
+    diff = {"diff": 0.2, "diff_ci": [0.1, 0.3], "p_value": 0.01, "n": 12}
+    fig = comparison_figure(runs, diffs={"radio": {"mrr": diff, "f1": diff}})
+    assert len(fig.axes) == 4
+    assert all("run − base" in ax.get_ylabel() for ax in fig.axes[2:])
+    plt.close(fig)

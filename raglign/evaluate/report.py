@@ -11,6 +11,7 @@ noise, and :func:`verdict` turns the headline metrics' intervals into better / o
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -194,58 +195,143 @@ def _whiskers(values: Sequence[float], cis: Sequence[Sequence[float] | None]) ->
     return [low, high]
 
 
-def _value_bars(ax, runs: Sequence[Mapping], metrics: Sequence[str], x, width: float) -> None:
-    import numpy as np
+def _number(value: Any) -> float:
+    """A metric value as a float, NaN where a run does not report it (None, absent, NaN)."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return math.nan
 
+
+# (panel, x-axis label): the reranker's own result and what the generator makes of it are
+# different quantities, so they never share a panel.
+PANELS = (("ranking", "ranking metric: where the gold paragraphs land"),
+          ("answer", "answer metric: the generator's answer vs the gold answer"))
+
+
+def plot_panels(runs: Sequence[Mapping], metrics: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """``[(panel, metrics)]``: ranking metrics, then answer (:data:`READER_METRICS`) metrics,
+    each only with the metrics some run reports a number for, and a panel only when it has one:
+    a group of bars that no run has is not drawn as an empty slot that reads like a bug."""
+    shown = [m for m in metrics if any(math.isfinite(_number(r.get(m))) for r in runs)]
+    groups = {"ranking": [m for m in shown if m not in READER_METRICS],
+              "answer": [m for m in shown if m in READER_METRICS]}
+    return [(panel, groups[panel]) for panel, _ in PANELS if groups[panel]]
+
+
+def _distinct(runs: Sequence[Mapping], key: str) -> list[str]:
+    return list(dict.fromkeys(str(r[key]) for r in runs if r.get(key) is not None))
+
+
+def plot_title(runs: Sequence[Mapping]) -> str:
+    """What the figure is about, from the runs themselves: the number of questions, the base
+    run's reranker (the one every other run is compared with) and the generator."""
+    ns = sorted({r.get("n") for r in runs if isinstance(r.get("n"), int)})
+    parts = [f"n = {ns[0]} questions" if len(ns) == 1
+             else f"n = {ns[0]}–{ns[-1]} questions" if ns else "n unknown"]
+    base = runs[0] if runs else {}
+    if base.get("rank_by"):
+        parts.append(f"base ranked by signal {base['rank_by']}")
+    elif base.get("reranker") == "none":
+        parts.append("base in retrieval order")
+    elif base.get("reranker"):
+        parts.append(f"base reranker {base['reranker']}")
+    generators = _distinct(runs, "generator")
+    if generators:
+        k = _distinct(runs, "k")
+        parts.append(f"generator {', '.join(generators)}" + (f" (top-{k[0]} documents)"
+                                                             if len(k) == 1 else ""))
+    return "raglign runs: " + "; ".join(parts)
+
+
+def _label_bars(ax, bars, values: Sequence[float]) -> None:
+    """The value above each bar, so a 0 reads as 0, and ``n/a`` in the slot of a run that does
+    not report the metric (matplotlib leaves a NaN bar's label out)."""
+    ax.bar_label(bars, [f"{v:.2f}" if math.isfinite(v) else "" for v in values], fontsize=7,
+                 padding=2)
+    for bar, v in zip(bars, values):
+        if not math.isfinite(v):
+            ax.text(bar.get_x() + bar.get_width() / 2, 0.01, "n/a", ha="center", va="bottom",
+                    fontsize=7)
+
+
+def _value_bars(ax, runs: Sequence[Mapping], metrics: Sequence[str], x, width: float) -> None:
+    """One bar per run and metric with its 95% bootstrap whisker; a zero-height bar keeps its
+    edge, a flat line in the run's colour, so a metric that is 0 is visibly there."""
     for i, run in enumerate(runs):
-        vals = [run.get(m) if isinstance(run.get(m), (int, float)) else np.nan for m in metrics]
+        vals = [_number(run.get(m)) for m in metrics]
         cis = [run.get(f"{m}_ci") for m in metrics]
-        ax.bar(x + i * width, vals, width, yerr=_whiskers(vals, cis), capsize=2,
-               color=f"C{i % 10}", label=str(run.get("name")))
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
-    ax.set_title("raglign runs (95% bootstrap CI)")
+        bars = ax.bar(x + i * width, vals, width, yerr=_whiskers(vals, cis), capsize=2,
+                      color=f"C{i % 10}", edgecolor=f"C{i % 10}", linewidth=1.5,
+                      label=str(run.get("name")))
+        _label_bars(ax, bars, vals)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("mean over questions (95% bootstrap CI)")
 
 
 def _diff_bars(ax, runs: Sequence[Mapping], diffs: Mapping[str, Mapping[str, Mapping]],
                metrics: Sequence[str], x, width: float) -> None:
     """Each run's paired difference to the base in the run's own slot and colour, so the two
-    panels read together; a bar whose whisker crosses the zero line is not an effect."""
-    import numpy as np
-
+    rows read together; a bar whose whisker crosses the zero line is not an effect. No value
+    labels: the numbers are in the table beside the figure, and near 0 they would overlap."""
     for i, run in enumerate(runs):
         d = diffs.get(str(run.get("name")))
         if not d:
             continue
-        vals = [d[m]["diff"] if m in d else np.nan for m in metrics]
+        vals = [d[m]["diff"] if m in d else math.nan for m in metrics]
         cis = [d[m]["diff_ci"] if m in d else None for m in metrics]
         ax.bar(x + i * width, vals, width, yerr=_whiskers(vals, cis), capsize=2,
-               color=f"C{i % 10}")
+               color=f"C{i % 10}", edgecolor=f"C{i % 10}", linewidth=1.5)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_title("run − base on the same questions (paired 95% bootstrap CI)")
+    ax.set_ylabel("run − base, same questions\n(paired 95% bootstrap CI)")
 
 
-def bar_plot(runs: list[dict], path: str | Path, metrics: list[str] | None = None,
-             diffs: Mapping[str, Mapping[str, Mapping]] | None = None) -> Path:
-    """Grouped bars per metric, one colour per run, with CI whiskers; with ``diffs``
-    (:func:`paired_differences`) a second panel shows each run minus the base. Saved as PNG."""
+def comparison_figure(runs: Sequence[Mapping], metrics: Sequence[str] | None = None,
+                      diffs: Mapping[str, Mapping[str, Mapping]] | None = None):
+    """Grouped bars per metric, one colour per run, with CI whiskers and the value on each bar;
+    ranking metrics and answer metrics in separate panels (:func:`plot_panels`), and with
+    ``diffs`` (:func:`paired_differences`) a second row of each run minus the base. The title
+    says n, the base reranker and the generator (:func:`plot_title`). A matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    metrics = metrics or metric_columns(runs)
+    panels = plot_panels(runs, metrics or metric_columns(runs))
+    if not panels:
+        raise ValueError("no run reports any metric to plot")
     width = 0.8 / max(len(runs), 1)
-    x = np.arange(len(metrics))
-    panels = 2 if diffs else 1
-    fig, axes = plt.subplots(panels, 1, figsize=(max(6, 1.4 * len(metrics)), 4 * panels),
-                             sharex=True, squeeze=False)
-    _value_bars(axes[0, 0], runs, metrics, x, width)
-    if diffs:
-        _diff_bars(axes[1, 0], runs, diffs, metrics, x, width)
-    axes[-1, 0].set_xticks(x + width * (len(runs) - 1) / 2, metrics, rotation=20)
-    fig.tight_layout()
+    rows = 2 if diffs else 1
+    sizes = [len(m) for _, m in panels]
+    fig, axes = plt.subplots(rows, len(panels), squeeze=False, sharex="col",
+                             figsize=(max(7.0, 1.5 * sum(sizes) + 2.5), 3.8 * rows + 0.9),
+                             gridspec_kw={"width_ratios": sizes})
+    labels = dict(PANELS)
+    for col, (panel, names) in enumerate(panels):
+        x = np.arange(len(names))
+        _value_bars(axes[0, col], runs, names, x, width)
+        axes[0, col].set_title(f"{panel} metrics")
+        if diffs:
+            _diff_bars(axes[1, col], runs, diffs, names, x, width)
+        centres = x + width * (len(runs) - 1) / 2
+        bottom = axes[-1, col]
+        bottom.set_xticks(centres, names)
+        bottom.set_xlim(centres[0] - 0.5, centres[-1] + 0.5)  # a run's NaN slot included
+        bottom.set_xlabel(labels[panel])
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=min(len(runs), 6), fontsize=9,
+               bbox_to_anchor=(0.5, 1 - 0.4 / fig.get_figheight()), frameon=False)
+    fig.suptitle(plot_title(runs), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.55 / fig.get_figheight()))
+    return fig
+
+
+def bar_plot(runs: list[dict], path: str | Path, metrics: list[str] | None = None,
+             diffs: Mapping[str, Mapping[str, Mapping]] | None = None) -> Path:
+    """:func:`comparison_figure` saved as a PNG at ``path``."""
+    fig = comparison_figure(runs, metrics, diffs)  # selects the Agg backend first
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
