@@ -3,17 +3,38 @@
 The local Ray gets its own temp dir and a bounded object store, so two raglign runs on one
 machine never share (or tear down) each other's cluster, and everything it started is stopped
 when the job ends. Auth and usage stats are set before Ray is imported by the job.
+
+Unless ``raglign --verbose`` asked for it, Ray's own output does not reach the terminal: it goes
+to ``ray.log`` in the job's output directory (said once, when the session starts). That is done
+with Ray's own logging set-up, not by filtering text:
+
+* the driver's Ray loggers -- ``ray`` and ``ray.data``, the only ones Ray gives a console
+  handler -- write to the file instead of stderr (Ray's INFO lines, Ray Data's execution plans,
+  stats and, when stdout is not a terminal, its progress tables);
+* Ray Data's interactive progress bars, which draw on the terminal directly, are turned off;
+* the output of Ray's worker processes, which Ray forwards to the driver and prints, is written
+  to the file instead. Among it: actors' own prints and Ray Train's ``PlacementGroupCleaner``,
+  a detached actor that asks the State API every second whether the Train controller is alive
+  and logs the WARNING "Failed to query Ray Train Controller actor state" (logger
+  ``ray.train.v2._internal.execution.controller.placement_group_cleaner``) each time it cannot
+  -- always, on a local Ray without the dashboard, which serves that API.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+from raglign import console
 from raglign.config import RayConfig
 
+LOG_NAME = "ray.log"
 
 def _quiet_env() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -22,12 +43,15 @@ def _quiet_env() -> None:
 
 
 @contextlib.contextmanager
-def ray_session(config: RayConfig | None = None, *, address: str | None = None) -> Iterator[dict]:
+def ray_session(config: RayConfig | None = None, *, address: str | None = None,
+                log_dir: str | os.PathLike | None = None) -> Iterator[dict]:
     """Yield Ray's cluster resources inside an initialised Ray; shut down only what we started.
 
     ``address`` (or ``config.address``, or ``$RAY_ADDRESS``) connects to an existing cluster;
     otherwise a local Ray is started with its own temp dir under the system temp directory.
-    If Ray is already initialised in this process (a test fixture, a notebook), it is reused.
+    If Ray is already initialised in this process (a test fixture, a notebook, an outer stage
+    of the demo), it is reused as it is. Ray's output goes to ``log_dir/ray.log`` (default: a
+    temp dir) unless :func:`raglign.console.is_verbose`.
     """
     _quiet_env()
     import ray
@@ -37,18 +61,126 @@ def ray_session(config: RayConfig | None = None, *, address: str | None = None) 
     if ray.is_initialized():
         yield ray.cluster_resources()
         return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        tmp = tempfile.mkdtemp(prefix="raglign-ray-")
-        ray.init(
-            num_cpus=config.num_cpus,
-            num_gpus=config.num_gpus,
-            object_store_memory=config.object_store_memory_mb * 1024 * 1024,
-            _temp_dir=tmp,
-            include_dashboard=False,
-        )
-    try:
+    tmp = None if address else tempfile.mkdtemp(prefix="raglign-ray-")
+    log_path = Path(log_dir or tmp or tempfile.mkdtemp(prefix="raglign-")) / LOG_NAME
+    with contextlib.ExitStack() as stack:
+        quiet = not console.is_verbose()
+        if quiet:
+            handler = stack.enter_context(ray_logs_to(log_path))
+            print(f"Ray's output: {log_path} (raglign --verbose shows it here)", flush=True)
+        if address:
+            ray.init(address=address, log_to_driver=True)
+        else:
+            ray.init(num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+                     object_store_memory=config.object_store_memory_mb * 1024 * 1024,
+                     _temp_dir=tmp, include_dashboard=False)
+        if quiet:  # kept until after the shutdown below, which forwards the last lines
+            stack.enter_context(worker_output_to(handler))
+        stack.callback(ray.shutdown)
         yield ray.cluster_resources()
+
+
+@contextlib.contextmanager
+def ray_logs_to(path: Path) -> Iterator[logging.FileHandler]:
+    """Point the driver's Ray loggers at ``path`` instead of the terminal, and turn off Ray
+    Data's terminal progress bars, until the block ends; yields the file's handler.
+
+    Called before ``ray.init`` so that Ray's start-up lines land in the file too. When stdout
+    is not a terminal, Ray Data logs its progress tables through its logger instead of
+    drawing bars, so they are kept (in the file).
+    """
+    import ray.data  # configures the "ray.data" logger; it must exist before it is redirected
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.INFO)  # what Ray's console handlers show; ray.data logs DEBUG too
+    swapped = []
+    for name in ("ray", "ray.data"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if _writes_to_terminal(h)]:
+            handler.setFormatter(old.formatter)
+            logger.removeHandler(old)
+            swapped.append((logger, old))
+        logger.addHandler(handler)
+    data_context = ray.data.DataContext.get_current()
+    bars = data_context.enable_progress_bars
+    data_context.enable_progress_bars = not sys.stdout.isatty()
+    try:
+        yield handler
     finally:
-        ray.shutdown()
+        data_context.enable_progress_bars = bars
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).removeHandler(handler)
+        for logger, old in swapped:
+            logger.addHandler(old)
+        handler.close()
+
+
+@contextlib.contextmanager
+def worker_output_to(handler: logging.FileHandler) -> Iterator[None]:
+    """Write the output of Ray's worker processes to ``handler``'s file instead of printing it.
+
+    Ray forwards worker stdout/stderr to the driver, where its stream dispatcher hands each
+    batch of lines to the handlers registered on it; ``ray.init`` registers
+    ``ray_print_logs``, which prints them. That one is swapped for a writer to the log file
+    (after ``ray.init``, which registers it). Ray 2.60's dispatcher is internal, hence ray's
+    exact pin in pyproject.toml.
+    """
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from ray._private.worker import filter_autoscaler_events
+
+    def write(batch: dict) -> None:
+        prefix = _worker_prefix(batch)
+        lines = batch.get("lines", [])
+        if batch.get("pid") == "autoscaler":  # its events only, as Ray prints them
+            lines = filter_autoscaler_events(lines)
+        handler.acquire()
+        try:
+            handler.stream.writelines(prefix + line + "\n" for line in lines)
+            handler.flush()
+        finally:
+            handler.release()
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("raglign_log_file", write)
+    try:
+        yield
+    finally:
+        dispatcher.remove_handler("raglign_log_file")
+
+
+def _writes_to_terminal(handler: logging.Handler) -> bool:
+    """Ray's console handlers are stream handlers on stderr; its file handlers are not."""
+    return isinstance(handler, logging.StreamHandler) and not isinstance(handler,
+                                                                         logging.FileHandler)
+
+
+def _worker_prefix(batch: dict) -> str:
+    """Ray's own prefix for a worker's lines: ``(ActorName pid=123)``, or ``(pid=123)``."""
+    who = batch.get("actor_name") or batch.get("task_name")
+    return f"({who} pid={batch.get('pid')}) " if who else f"(pid={batch.get('pid')}) "
+
+
+def actor_pool_map(ds, fn: type, actors: int, **map_batches_args: Any):
+    """``ds.map_batches(fn, ...)`` on a pool of ``actors`` actors that are not restarted.
+
+    Ray Data puts every pool's constructor arguments (its own map transformer and DataContext,
+    whatever the UDF's arguments) in the object store and asks for unlimited restarts by
+    default, so Ray core logs an error per actor: "has constructor arguments in the object
+    store and max_restarts > 0" (ray-project/ray#57733; such restarts fail once those objects
+    are lost, #53727). raglign's jobs do not need restarts -- a label job resumes per shard
+    when re-run, retrieval and evaluation are one pass -- and a restart loop under memory
+    pressure hides the cause, so a dead actor fails the job with its own error. Ray 2.60 takes
+    ``max_restarts`` only among the remote args it has deprecated (for 2.64, when its actor
+    pools manage restarts themselves); that deprecation warning is Ray's and is not shown.
+    """
+    import warnings
+
+    import ray
+    from ray.util.annotations import RayDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        return ds.map_batches(fn, compute=ray.data.ActorPoolStrategy(size=actors),
+                              max_restarts=0, **map_batches_args)

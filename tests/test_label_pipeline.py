@@ -98,7 +98,8 @@ def test_pipeline_equals_in_process_labelling_and_reports_rejects(ray_local, tmp
     assert summary["counts"]["judge_outputs"] == len(judged) == 40
     # 12 rows in 3-row shards per file: a has 8 rows (3 shards), b 4 rows (2 shards).
     assert len(list((tmp_path / "out").glob("part-*.parquet"))) == 5
-    assert sum("rows/s" in line for line in lines) == 5 and "done:" in lines[-1]
+    # One line before and one after; rows show on a progress bar, not a line per shard.
+    assert len(lines) == 2 and "5 shards of up to 3 rows" in lines[0] and "done:" in lines[-1]
     table = json.loads((tmp_path / "out" / "_signal_eval.json").read_text())
     assert table["rows_with_gold"] == 10 and set(table["signals"]) == {
         "retrieval", "answer_logprob", "loo_logprob", "judge"}
@@ -144,6 +145,20 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_rows(ray_local, tmp_pat
     assert summary["counts"] == {"judge_outputs": 40,
                                  "judge_unparseable": sum(v is None for v in judged)}
     assert not list(out.glob(".*.tmp")), "temporary files left behind"
+
+
+def test_default_shards_follow_the_actors_and_a_resumed_run_keeps_them(ray_local, tmp_path,
+                                                                       input_dir, tiny_dir):
+    """Without ``shard_rows``, 12 rows on 2 actors are cut in 3-row shards (two per actor); a
+    re-run with 1 actor (whose default would be 6) resumes that plan, not "another job"."""
+    cfg = _cfg(input_dir, tmp_path / "out", tiny_dir, shard_rows=None, actors=2,
+               signals=["answer_logprob"], eval={"enabled": False})
+    first, again = [], []
+    run_label(cfg, progress=first.append)
+    summary = run_label(cfg.model_copy(update={"actors": 1}), progress=again.append)
+    assert "5 shards of up to 3 rows" in first[0] and "0 shards already finished" in first[0]
+    assert "5 shards of up to 3 rows" in again[0] and "5 shards already finished" in again[0]
+    assert summary["shards_finished"] == 5 and summary["rows_out"] == 10
 
 
 class _PidWorker(ShardWorker):

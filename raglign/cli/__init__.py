@@ -4,7 +4,8 @@ Each module in this package that defines ``register(subparsers)`` contributes it
 (``data``, ``retrieve``, ``label`` …); discovery keeps the modules independent of each other.
 Errors raglign anticipates (bad data, bad configs) print one clear message and exit with 2,
 with the next step where raglign knows it: the closest valid name for a typo, the command that
-makes a missing input.
+makes a missing input. ``--verbose`` (before or after the subcommand) keeps Ray's own output on
+the terminal.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ import importlib
 import pkgutil
 import sys
 
-from raglign import __version__
+from raglign import __version__, console
 from raglign.errors import MissingInputError, RaglignError, did_you_mean
+
+VERBOSE_HELP = ("show Ray's own logs, Ray Data's progress tables and Ray's worker output here "
+                "instead of in the run's ray.log")
 
 # command → the next step when the dataset it reads is missing: the command that makes it.
 MADE_BY = {
@@ -72,12 +76,26 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"{__name__}.{info.name}")
         if hasattr(module, "register"):
             module.register(sub)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    _accept_verbose_after_subcommands(parser)
     return parser
+
+
+def _accept_verbose_after_subcommands(parser: argparse.ArgumentParser) -> None:
+    """Let ``--verbose`` follow any (sub)subcommand too (``raglign label ... --verbose``);
+    SUPPRESS keeps a subcommand from resetting a ``--verbose`` given before it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                                 help=VERBOSE_HELP)
+                _accept_verbose_after_subcommands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    console.set_verbose(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2

@@ -81,7 +81,8 @@ def register(sub) -> None:
     p.add_argument("--actors", type=int, help="size of the labelling actor pool")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="rows per actor call")
     p.add_argument("--shard-rows", dest="shard_rows", type=int,
-                   help="rows per output partition (the unit of resumption)")
+                   help="rows per output partition (the unit of resumption; default: two "
+                   "per actor, at most 256; a resumed job keeps its own)")
     p.add_argument("--cpus-per-actor", dest="cpus_per_actor", type=float)
     p.add_argument("--gpus-per-actor", dest="gpus_per_actor", type=float)
     p.add_argument("--torch-threads", dest="torch_threads", type=int)

@@ -225,14 +225,14 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     print(f"eval {cfg.run_name}: {len(usable)} rows ({rejected} without candidates skipped)",
           flush=True)
     if cfg.reranker_model or cfg.generator:
-        with ray_session(cfg.ray):
+        with ray_session(cfg.ray, log_dir=Path(cfg.output).parent):
             if cfg.reranker_model:
-                _attach(usable, _map(usable, _RerankActor, cfg,
+                _attach(usable, _map(usable, _RerankActor, cfg, "rerank",
                                      dict(reranker=cfg.reranker, kind=cfg.reranker_kind, k1=cfg.k1)))
             for r in usable:
                 r["ranking"] = _ranking(r, cfg)
             if cfg.generator:
-                _attach(usable, _map(usable, _GenerateActor, cfg,
+                _attach(usable, _map(usable, _GenerateActor, cfg, "generate",
                                      dict(generator=cfg.generator, dtype=cfg.dtype, k=cfg.k,
                                           max_new_tokens=cfg.max_new_tokens)))
     else:
@@ -248,16 +248,28 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     return report
 
 
-def _map(rows: list[dict], actor: type, cfg: EvalConfig, kwargs: dict) -> list[dict]:
-    """Run one model stage over the rows as a Ray Data actor pool; returns its id-keyed outputs."""
+def _map(rows: list[dict], actor: type, cfg: EvalConfig, stage: str,
+         kwargs: dict) -> list[dict]:
+    """Run one model stage over the rows as a Ray Data actor pool; returns its id-keyed outputs,
+    counted on the stage's progress bar. Calls are ``batch_size`` rows, fewer when that would
+    leave actors idle (two calls per actor at least; the models batch within a call)."""
     import ray
+
+    from raglign.console import progress_bar
+    from raglign.pipeline.shards import default_shard_rows
+    from raglign.ray_session import actor_pool_map
 
     columns = ["id", "question", "choices", "candidates"] + (["ranking"] if "ranking" in rows[0] else [])
     items = [{k: r[k] for k in columns} for r in rows]
-    ds = ray.data.from_items(items).map_batches(
-        actor, fn_constructor_kwargs=kwargs, batch_size=cfg.batch_size, batch_format="pandas",
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors))
-    return ds.take_all()
+    ds = actor_pool_map(ray.data.from_items(items), actor, cfg.actors,
+                        fn_constructor_kwargs=kwargs, batch_format="pandas",
+                        batch_size=default_shard_rows(len(rows), cfg.actors, cfg.batch_size))
+    outputs = []
+    with progress_bar(len(rows), f"[eval {cfg.run_name}] {stage}") as bar:
+        for row in ds.iter_rows():
+            outputs.append(row)
+            bar.update()
+    return outputs
 
 
 def _attach(rows: list[dict], outputs: list[dict]) -> None:

@@ -39,7 +39,7 @@ from raglign.gumbel.options import SamplingWeightOptions
 from raglign.models.http_backend import HttpConfig
 from raglign.models.vllm_backend import VLLMConfig
 from raglign.pipeline.shards import (COUNTS_COL, REJECT_COL, Shard, ShardCollector, ShardStore,
-                                     plan_shards, read_shard)
+                                     choose_shard_rows, count_rows, plan_shards, read_shard)
 from raglign.signals import SIGNALS
 from raglign.signals.base import Item, Models, Signal, pick_answer
 
@@ -150,7 +150,9 @@ class LabelConfig(JobConfig):
     gumbel: SamplingWeightOptions = SamplingWeightOptions()
     eval: SignalEvalOptions = SignalEvalOptions()
     limit: PositiveInt | None = None
-    shard_rows: PositiveInt = 256
+    # Rows per output partition (the unit of resumption); None: two shards per actor, at most
+    # 256, or the size an existing output was planned with (raglign.pipeline.shards).
+    shard_rows: PositiveInt | None = None
     actors: PositiveInt = 1
     batch_size: PositiveInt = 8
     cpus_per_actor: float = Field(1.0, gt=0)
@@ -348,12 +350,14 @@ def map_shards(cfg: LabelConfig, todo: list[Shard], worker: type[ShardWorker],
     """A streaming Dataset of labelled rows: one shard per call of a ``worker`` actor pool."""
     import ray
 
+    from raglign.ray_session import actor_pool_map
+
     ds = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
     gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
-    return ds.map_batches(
-        worker, fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), **constructor_kwargs},
-        batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        num_cpus=cfg.cpus_per_actor, **gpus)
+    return actor_pool_map(
+        ds, worker, cfg.actors,
+        fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), **constructor_kwargs},
+        batch_size=1, batch_format="pyarrow", num_cpus=cfg.cpus_per_actor, **gpus)
 
 
 class LabelWorker(ShardWorker):
@@ -376,21 +380,27 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
     """Run (or resume) a labelling job; returns the summary also written to ``_summary.json``.
 
     Starts a private local Ray unless one is running or ``cfg.ray.address`` names a cluster.
+    ``progress`` gets the job's first and last lines; rows show on a progress bar.
     """
+    from raglign.console import progress_bar
     from raglign.ray_session import ray_session
 
-    shards = plan_shards(cfg.input, cfg.shard_rows, cfg.limit)
     store = ShardStore(cfg.output, "label")
-    store.open({**cfg.fingerprint(), "shard_rows": cfg.shard_rows,
+    shard_rows = choose_shard_rows(store, cfg.shard_rows, count_rows(cfg.input, cfg.limit),
+                                   cfg.actors)
+    shards = plan_shards(cfg.input, shard_rows, cfg.limit)
+    store.open({**cfg.fingerprint(), "shard_rows": shard_rows,
                 "inputs": [[Path(s.path).name, s.start, s.stop] for s in shards]})
     todo = [s for s in shards if not store.done(s)]
     total = sum(s.rows for s in shards)
-    progress(f"[label] {len(shards)} shards, {total} rows; {len(shards) - len(todo)} shards "
-             f"already finished; signals: {', '.join(cfg.signals)}")
+    progress(f"[label] {len(shards)} shards of up to {shard_rows} rows, {total} rows; "
+             f"{len(shards) - len(todo)} shards already finished; signals: "
+             f"{', '.join(cfg.signals)}")
     started = time.monotonic()
     if todo:
-        collector = ShardCollector(store, todo, sum(s.rows for s in todo), progress)
-        with ray_session(cfg.ray):
+        with ray_session(cfg.ray, log_dir=cfg.output), \
+                progress_bar(sum(s.rows for s in todo), "[label] rows") as bar:
+            collector = ShardCollector(store, todo, bar.update)
             if cfg.backend == "transformers":
                 _label_shards_ray(cfg, todo, collector)
             else:

@@ -236,31 +236,38 @@ def embed_texts(texts: list[str], cfg: RetrieveConfig) -> np.ndarray:
 
     With ``cfg.actors >= 1`` the texts are split into blocks and embedded by a Ray Data
     ``ActorPoolStrategy`` pool of :class:`EmbedActor` (``cpus_per_actor``/``gpus_per_actor``
-    each); results come back in any order and are put in place by index. ``actors=0`` embeds
-    in this process (no Ray), the same computation.
+    each); results come back in any order, are put in place by index and counted on a
+    progress bar. ``actors=0`` embeds in this process (no Ray), the same computation.
     """
     if cfg.actors == 0:
         batch = {"idx": np.arange(len(texts)), "text": np.array(texts, dtype=object)}
         return EmbedActor(**_actor_kwargs(cfg))(batch)["embedding"]
     import ray
 
+    from raglign.console import progress_bar
+    from raglign.pipeline.shards import default_shard_rows
+    from raglign.ray_session import actor_pool_map
+
     n = len(texts)
     table = pa.table({"idx": pa.array(np.arange(n, dtype=np.int64)), "text": pa.array(texts)})
-    # Several blocks per actor so the pool stays busy and progress is visible.
-    per_block = max(cfg.batch_size, math.ceil(n / (cfg.actors * 8)))
+    # Several blocks per actor so the pool stays busy and progress is visible; calls of
+    # ``batch_size`` texts, fewer when that would leave actors idle (the encoder batches anyway).
+    per_block = max(1, math.ceil(n / (cfg.actors * 8)))
     ds = ray.data.from_arrow([table.slice(s, per_block) for s in range(0, n, per_block)])
-    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs=_actor_kwargs(cfg),
-                        batch_size=cfg.batch_size, batch_format="numpy",
-                        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-                        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor)
+    ds = actor_pool_map(ds, EmbedActor, cfg.actors, fn_constructor_kwargs=_actor_kwargs(cfg),
+                        batch_size=default_shard_rows(n, cfg.actors, cfg.batch_size),
+                        batch_format="numpy", num_cpus=cfg.cpus_per_actor,
+                        num_gpus=cfg.gpus_per_actor)
     out: np.ndarray | None = None
     seen = np.zeros(n, dtype=bool)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        emb = np.asarray(batch["embedding"], dtype=np.float32)
-        if out is None:
-            out = np.empty((n, emb.shape[1]), dtype=np.float32)
-        out[batch["idx"]] = emb
-        seen[batch["idx"]] = True
+    with progress_bar(n, "[retrieve] texts embedded", unit="text") as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            emb = np.asarray(batch["embedding"], dtype=np.float32)
+            if out is None:
+                out = np.empty((n, emb.shape[1]), dtype=np.float32)
+            out[batch["idx"]] = emb
+            seen[batch["idx"]] = True
+            bar.update(len(batch["idx"]))
     if out is None or not seen.all():
         raise RuntimeError(f"Ray Data returned embeddings for {int(seen.sum())} of {n} texts")
     return out
@@ -332,7 +339,7 @@ def cached_embeddings(parts: Mapping[str, list[str]], cfg: RetrieveConfig,
           f"batch {cfg.batch_size})", flush=True)
     t0 = time.time()
     # Ray only when there is something to embed; actors=0 embeds in this process.
-    with ray_session(cfg.ray) if cfg.actors else contextlib.nullcontext():
+    with ray_session(cfg.ray, log_dir=cfg.output) if cfg.actors else contextlib.nullcontext():
         emb = embed_texts(texts, cfg)
     seconds = time.time() - t0
     rate = len(texts) / max(seconds, 1e-9)

@@ -1,6 +1,7 @@
 """Resumable, partitioned job output: one Parquet file per input shard, committed atomically.
 
-A shard is a fixed row range of one input file (``shard_rows`` rows). Its output is
+A shard is a fixed row range of one input file (``shard_rows`` rows; by default two shards per
+actor, :func:`default_shard_rows`, so that every actor of the pool gets work). Its output is
 ``OUTPUT_DIR/part-<shard>.parquet``, written with :func:`raglign.data.io.write_table_atomic`, and
 then a small record ``OUTPUT_DIR/_shards/<shard>.json`` (rows written, rejects, counters,
 seconds), also atomic. The record is the commit: a shard is finished iff its record exists, so a
@@ -12,7 +13,8 @@ after a resume.
 ``_manifest.json`` holds a hash of everything that determines the output (the job's config
 minus runtime knobs, the input files and their row counts, the shard size). A run into a
 directory whose manifest differs stops with a :class:`ConfigError` listing what changed, instead
-of mixing rows labelled two different ways.
+of mixing rows labelled two different ways. A resumed job keeps the shard size its manifest
+records (:func:`choose_shard_rows`), whatever the number of actors is now.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from raglign.errors import ConfigError
 
 SHARD_COL, INDEX_COL, REJECT_COL, COUNTS_COL = "_shard", "_index", "_reject", "_counts"
 HELPER_COLUMNS = (SHARD_COL, INDEX_COL, REJECT_COL, COUNTS_COL)
+# The largest default shard: the unit of resumption (work lost to a kill) and of output files.
+MAX_SHARD_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,26 @@ def plan_shards(input_path: str | os.PathLike, shard_rows: int,
         if remaining == 0:
             break
     return shards
+
+
+def count_rows(input_path: str | os.PathLike, limit: int | None = None) -> int:
+    """Rows a job over ``input_path`` reads: all of them, or the first ``limit``."""
+    n = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(input_path))
+    return n if limit is None else min(n, limit)
+
+
+def default_shard_rows(rows: int, actors: int, most: int = MAX_SHARD_ROWS) -> int:
+    """Rows per shard (or per actor call) when the job does not say: two per actor, so that
+    ``actors`` actors all get work (Ray Data hands one shard to one actor) and the last one to
+    finish is short; at most ``most``."""
+    return max(1, min(most, -(-rows // (2 * actors))))
+
+
+def choose_shard_rows(store: ShardStore, requested: int | None, rows: int, actors: int) -> int:
+    """The job's shard size: the one asked for; else the one an existing output in ``store``
+    was planned with (its manifest fingerprints the plan, so a resumed job must keep it even
+    when run with another number of actors); else :func:`default_shard_rows`."""
+    return requested or store.recorded("shard_rows") or default_shard_rows(rows, actors)
 
 
 def read_shard(shard: Shard) -> pa.Table:
@@ -125,6 +149,11 @@ class ShardStore:
 
     def record_path(self, shard: Shard) -> Path:
         return self.records_dir / f"{shard.name}.json"
+
+    def recorded(self, key: str) -> Any:
+        """``key`` of the fingerprint in this directory's manifest; None when there is none."""
+        path = self.root / "_manifest.json"
+        return json.loads(path.read_text())["fingerprint"].get(key) if path.exists() else None
 
     def open(self, fingerprint: Mapping[str, Any]) -> None:
         """Write the manifest, or check that the existing one describes the same job."""
@@ -195,16 +224,16 @@ class ShardStore:
 
 class ShardCollector:
     """Reassembles a shard from labelled blocks arriving in any order and commits it once all
-    its rows are in; rows marked ``_reject`` go to the shard's rejects instead of its part."""
+    its rows are in; rows marked ``_reject`` go to the shard's rejects instead of its part.
+    ``on_commit(rows)`` is called after each commit (a progress bar's ``update``)."""
 
-    def __init__(self, store: ShardStore, shards: list[Shard], total_rows: int,
-                 progress: Callable[[str], None] = print):
-        self.store, self.progress = store, progress
+    def __init__(self, store: ShardStore, shards: list[Shard],
+                 on_commit: Callable[[int], Any] = lambda rows: None):
+        self.store, self.on_commit = store, on_commit
         self.shards = {s.name: s for s in shards}
         self.pending: dict[str, list[pa.Table]] = {s.name: [] for s in shards}
         self.seen = {s.name: 0 for s in shards}
-        self.total_rows, self.done_rows = total_rows, 0
-        self.start = self.last = time.monotonic()
+        self.last = time.monotonic()
 
     def add(self, block: pa.Table) -> None:
         names = block.column(SHARD_COL).to_pylist()
@@ -232,11 +261,7 @@ class ShardCollector:
         now = time.monotonic()
         self.store.commit(shard, kept, rejects, counts, now - self.last)
         self.last = now
-        self.done_rows += shard.rows
-        rate = self.done_rows / max(now - self.start, 1e-9)
-        self.progress(f"[{self.store.job}] {shard.name}: {kept.num_rows} rows written, "
-                      f"{len(rejects)} rejected | {self.done_rows}/{self.total_rows} rows, "
-                      f"{rate:.2f} rows/s")
+        self.on_commit(shard.rows)
 
     def finished(self) -> bool:
         return not self.pending

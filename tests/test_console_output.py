@@ -1,0 +1,71 @@
+"""What a raglign command shows: its own lines and progress bars on the terminal; Ray's logs,
+Ray Data's progress tables and Ray's worker output in the run's ray.log; ``--verbose`` puts
+Ray's output back on the terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raglign.data.io import write_rows
+from raglign.data.schema import candidate, make_row
+
+REPO = Path(__file__).resolve().parents[1]
+# What Ray prints by itself: its log lines, Ray Data's execution plan and progress tables, the
+# prefix of forwarded worker output, the core worker's C++ log lines.
+RAY_MARKS = ("INFO", "Execution plan", "Running Dataset", "(MapWorker", "core_worker.cc")
+
+
+@pytest.fixture(scope="module")
+def label_job(tmp_path_factory, tiny_llama, smollm_tokenizer):
+    """A tiny model directory and 8 rows to label: (model, input)."""
+    root = tmp_path_factory.mktemp("console")
+    tiny_llama.save_pretrained(root / "model")
+    smollm_tokenizer.save_pretrained(root / "model")
+    rows = [make_row(f"q{i}", f"Question {i}?", ["Paris"],
+                     [candidate(f"q{i}-d{j}", "T", f"Passage {j}.", 1.0 - j, j == 0)
+                      for j in range(3)]) for i in range(8)]
+    write_rows(rows, root / "in")
+    return str(root / "model"), str(root / "in")
+
+
+def _label(label_job, out: Path, *flags: str) -> subprocess.CompletedProcess:
+    model, data = label_job
+    cmd = [sys.executable, "-m", "raglign", "label", data, str(out), "--signals",
+           "answer_logprob", "--generator", model, "--dtype", "float32", "--actors", "2",
+           "--batch-size", "2", *flags]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_a_label_job_prints_its_lines_and_a_bar_and_logs_ray_to_the_run(label_job, tmp_path):
+    out = tmp_path / "out"
+    proc = _label(label_job, out)  # a private local Ray, as a user gets by default
+    log = out / "ray.log"
+    assert proc.stdout.splitlines() == [
+        "[label] 4 shards of up to 2 rows, 8 rows; 0 shards already finished; signals: "
+        "answer_logprob",
+        f"Ray's output: {log} (raglign --verbose shows it here)",
+        f"[label] done: 8 rows labelled, 0 rejected (4/4 shards) -> {out}"]
+    assert "[label] rows" in proc.stderr and "8/8" in proc.stderr  # the bar
+    terminal = proc.stdout + proc.stderr
+    assert not [m for m in RAY_MARKS if m in terminal], terminal[-3000:]
+    text = log.read_text()
+    for mark in ("Started a local Ray instance", "Execution plan",
+                 "(MapWorker(MapBatches(LabelWorker)) pid="):
+        assert mark in text, mark
+
+
+def test_verbose_puts_ray_output_back_on_the_terminal(label_job, ray_local, tmp_path):
+    out = tmp_path / "out"
+    address = ray_local.get_runtime_context().gcs_address
+    proc = _label(label_job, out, "--address", address, "--verbose")
+    assert "Execution plan" in proc.stderr and "INFO" in proc.stderr
+    assert "(MapWorker" in proc.stdout + proc.stderr
+    assert not (out / "ray.log").exists() and "Ray's output" not in proc.stdout
