@@ -80,18 +80,17 @@ class DemoConfig(JobConfig):
 
 
 def _stage(i: int, total: int, text: str) -> float:
+    """Announce stage ``i``; returns its start time for :func:`_done`."""
     print(f"[demo {i}/{total}] {text}", flush=True)
     return time.monotonic()
 
 
-def _done(t0: float, what: str) -> None:
-    print(f"           {what} ({time.monotonic() - t0:.0f}s)", flush=True)
-
-
-def label_shard_rows(n_rows: int, actors: int) -> int:
-    """Rows per labelling shard: two shards per actor, so every actor gets work (Ray Data hands
-    one shard to one actor) and the last shard to finish is short."""
-    return max(1, -(-n_rows // (2 * actors)))
+def _done(t0: float, what: str, resumed: bool = False) -> None:
+    """Close a stage with its result and time; a stage a resumed demo skipped because its
+    output was there says "already done", where "(0s)" would read as a stage that ran and
+    did nothing."""
+    took = "already done" if resumed else f"{time.monotonic() - t0:.0f}s"
+    print(f"           {what} ({took})", flush=True)
 
 
 def retrieval_order(rows: list[dict], reranker_name: str, kind: str) -> list[dict]:
@@ -165,35 +164,38 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     canonical, retrieved = out / "canonical", out / "retrieved"
     train_dir, test_dir = out / "split" / "train", out / "split" / "test"
 
-    with ray_session(cfg.ray):
+    with ray_session(cfg.ray, log_dir=out):
         t = _stage(1, total, f"convert {cfg.input} ({cfg.format})")
-        if not (canonical / "_summary.json").exists():
+        resumed = (canonical / "_summary.json").exists()
+        if not resumed:
             convert(cfg.format, cfg.input, canonical, limit=cfg.limit)
-        _done(t, f"{len(read_rows(canonical))} questions -> {canonical}")
+        _done(t, f"{len(read_rows(canonical))} questions -> {canonical}", resumed)
 
         t = _stage(2, total, f"order candidates by the base retriever {cfg.reranker} ({cfg.reranker_kind})")
-        if not retrieved.exists():
+        resumed = retrieved.exists()
+        if not resumed:
             write_rows(retrieval_order(read_rows(canonical), cfg.reranker, cfg.reranker_kind),
                        retrieved)
-        _done(t, f"-> {retrieved}")
+        _done(t, f"-> {retrieved}", resumed)
 
         t = _stage(3, total, f"split train/test (test fraction {cfg.test_fraction}, seed {cfg.split_seed})")
         train_rows, test_rows = split_rows(read_rows(retrieved), cfg.test_fraction, cfg.split_seed)
-        if not train_dir.exists():
+        resumed = train_dir.exists()
+        if not resumed:
             write_rows(train_rows, train_dir)
             write_rows(test_rows, test_dir)
-        _done(t, f"{len(train_rows)} train / {len(test_rows)} test questions")
+        _done(t, f"{len(train_rows)} train / {len(test_rows)} test questions", resumed)
 
         t = _stage(4, total, f"label training questions with RADIO + PDist using {cfg.generator}")
         labelled = out / "labelled"
-        if not (labelled / "_summary.json").exists():  # written once every shard is committed
+        resumed = (labelled / "_summary.json").exists()  # written once every shard is committed
+        if not resumed:
             run_label(LabelConfig(
                 input=str(train_dir), output=str(labelled), generator=cfg.generator,
                 encoder=cfg.encoder, signals=["rationale_score", "answer_logprob"],
                 rationale={"max_new_tokens": cfg.rationale_max_new_tokens}, actors=cfg.actors,
-                cpus_per_actor=1, shard_rows=label_shard_rows(len(train_rows), cfg.actors),
-                ray=cfg.ray))
-        _done(t, f"-> {labelled}")
+                cpus_per_actor=1, ray=cfg.ray))
+        _done(t, f"-> {labelled}", resumed)
 
         t = _stage(5, total, "mine RADIO groups (top-k shifted by 3) and PDist targets")
         mined = {"radio": out / "mined" / "radio", "pdist": out / "mined" / "pdist"}
@@ -204,7 +206,8 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
         _done(t, "groups and targets written")
 
         t = _stage(6, total, "train rerankers with Ray Train (RADIO: InfoNCE, PDist: KL)")
-        models = {}
+        models = {method: str(out / "train" / method / "model") for method in ("radio", "pdist")}
+        resumed = all(Path(model).exists() for model in models.values())
         for method, objective in (("radio", "infonce"), ("pdist", "kl")):
             run_dir = out / "train" / method
             if not (run_dir / "model").exists():
@@ -213,13 +216,13 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
                     kind=cfg.reranker_kind, objective=objective, run_name=f"demo-{method}",
                     ray=cfg.ray,
                     **cfg.training.model_dump()))
-            models[method] = str(run_dir / "model")
-        _done(t, ", ".join(f"{m}: {p}" for m, p in models.items()))
+        _done(t, ", ".join(f"{m}: {p}" for m, p in models.items()), resumed)
 
         t = _stage(7, total, f"evaluate on {len(test_rows)} held-out questions")
+        runs = (("base", cfg.reranker), *models.items(), (ORACLE_RERANKER, ORACLE_RERANKER))
+        resumed = all((out / "eval" / f"{name}.json").exists() for name, _ in runs)
         reports = []
-        for name, model in (("base", cfg.reranker), *models.items(),
-                            (ORACLE_RERANKER, ORACLE_RERANKER)):
+        for name, model in runs:
             path = out / "eval" / f"{name}.json"
             if path.exists():
                 reports.append(json.loads(path.read_text()))
@@ -229,7 +232,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
                 reranker_kind=cfg.reranker_kind, k=cfg.k,
                 generator=cfg.generator if cfg.generate else None, actors=cfg.actors,
                 ray=cfg.ray)))
-        _done(t, "done")
+        _done(t, "done", resumed)
 
     print("\n" + write_comparison(out, reports, cfg))
     print(f"\n[demo] finished in {(time.monotonic() - started) / 60:.1f} min; "
