@@ -123,21 +123,27 @@ def worker_output_to(handler: logging.FileHandler) -> Iterator[None]:
     Ray forwards worker stdout/stderr to the driver, where its stream dispatcher hands each
     batch of lines to the handlers registered on it; ``ray.init`` registers
     ``ray_print_logs``, which prints them. That one is swapped for a writer to the log file
-    (after ``ray.init``, which registers it). Ray 2.60's dispatcher is internal, hence ray's
-    exact pin in pyproject.toml.
+    (after ``ray.init``, which registers it). As in Ray's own printer, the autoscaler's lines
+    are reduced to its events, and progress bars that workers draw with
+    ``ray.experimental.tqdm_ray`` (state updates, not text) are still drawn here on the
+    terminal. Ray 2.60's dispatcher is internal, hence ray's exact pin in pyproject.toml.
     """
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
-    from ray._private.worker import filter_autoscaler_events
+    from ray._private.worker import filter_autoscaler_events, process_tqdm
+    from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
 
     def write(batch: dict) -> None:
         prefix = _worker_prefix(batch)
         lines = batch.get("lines", [])
-        if batch.get("pid") == "autoscaler":  # its events only, as Ray prints them
+        if batch.get("pid") == "autoscaler":
             lines = filter_autoscaler_events(lines)
         handler.acquire()
         try:
-            handler.stream.writelines(prefix + line + "\n" for line in lines)
+            for line in lines:
+                if RAY_TQDM_MAGIC in line:
+                    process_tqdm(line)
+                else:
+                    handler.stream.write(prefix + line + "\n")
             handler.flush()
         finally:
             handler.release()

@@ -4,6 +4,8 @@ Ray's output back on the terminal."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import pytest
 
 from raglign.data.io import write_rows
 from raglign.data.schema import candidate, make_row
+from raglign.ray_session import worker_output_to
 
 REPO = Path(__file__).resolve().parents[1]
 # What Ray prints by itself: its log lines, Ray Data's execution plan and progress tables, the
@@ -69,3 +72,24 @@ def test_verbose_puts_ray_output_back_on_the_terminal(label_job, ray_local, tmp_
     assert "Execution plan" in proc.stderr and "INFO" in proc.stderr
     assert "(MapWorker" in proc.stdout + proc.stderr
     assert not (out / "ray.log").exists() and "Ray's output" not in proc.stdout
+
+
+def test_worker_lines_go_to_the_file_and_worker_bars_to_the_terminal(tmp_path, capfd):
+    """A batch of forwarded worker output as Ray's log monitor delivers it: text lines are
+    written to the log with Ray's prefix; a ``tqdm_ray`` state update is drawn as a bar."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
+
+    bar = {"__magic_token__": RAY_TQDM_MAGIC, "x": 3, "pos": 0, "desc": "[train] steps",
+           "total": 16, "unit": "step", "ip": "10.0.0.9", "pid": 7, "uuid": "b1",
+           "closed": True}
+    handler = logging.FileHandler(tmp_path / "ray.log")
+    with worker_output_to(handler):
+        dispatcher.emit({"pid": 7, "actor_name": "RayTrainWorker", "is_err": True,
+                         "lines": ["Setting up process group", json.dumps(bar)]})
+    handler.close()
+    assert (tmp_path / "ray.log").read_text() == (
+        "(RayTrainWorker pid=7) Setting up process group\n")
+    terminal = capfd.readouterr()
+    assert "[train] steps:" in terminal.err  # a tqdm bar, drawn by Ray's own bar manager
+    assert "process group" not in terminal.out + terminal.err
