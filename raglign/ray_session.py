@@ -36,6 +36,7 @@ from raglign.config import RayConfig
 
 LOG_NAME = "ray.log"
 
+
 def _quiet_env() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -178,8 +179,8 @@ def actor_pool_map(ds, fn: type, actors: int, **map_batches_args: Any):
     are lost, #53727). raglign's jobs do not need restarts -- a label job resumes per shard
     when re-run, retrieval and evaluation are one pass -- and a restart loop under memory
     pressure hides the cause, so a dead actor fails the job with its own error. Ray 2.60 takes
-    ``max_restarts`` only among the remote args it has deprecated (for 2.64, when its actor
-    pools manage restarts themselves); that deprecation warning is Ray's and is not shown.
+    ``max_restarts`` for a pool only among its generic remote args, which it deprecates (to be
+    removed in 2.64, which would need this revisited); that warning is not shown.
     """
     import warnings
 
