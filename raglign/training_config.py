@@ -28,17 +28,19 @@ This module imports no torch or Ray, so ``raglign --help`` and config validation
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from raglign.config import JobConfig, StrictModel
 
 # Fields that may change between a run and its resumption: they affect where and how fast the
 # job runs, not what it computes (the update is defined over global batches, see above).
 RESUMABLE_FIELDS = frozenset({"ray", "num_workers", "use_gpu", "cpus_per_worker", "max_steps",
-                              "max_failures", "log_every", "checkpoint_every", "keep_checkpoints"})
+                              "max_failures", "log_every", "checkpoint_every", "keep_checkpoints",
+                              "eval_every"})
 # Names of raglign.objectives.OBJECTIVES (losses of the reranker's scores and one per-document
 # field of mined rows), repeated here to keep torch out of config validation; tests/test_train.py
 # checks the two stay equal.
@@ -51,6 +53,11 @@ OBJECTIVE_NAMES = SCORE_OBJECTIVES + LM_OBJECTIVES
 # FlagEmbedding's reranker recipe); cosine scores in [-1, 1] need a sharp tau (FlagEmbedding's
 # embedder default 0.02) or the softmax over a group stays nearly uniform.
 DEFAULT_TEMPERATURE = {"cross": 1.0, "bi": 0.02}
+# The reranker-setting metrics `raglign eval` reports with its defaults (k 5, ks 1/5/10/20),
+# which validation reports with a ``val_`` prefix; repeated here to keep config validation light
+# (tests/test_train_validation.py checks them against raglign.pipeline.evaluate.row_metrics).
+VALIDATION_METRICS = (*(f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("recall", "ndcg")),
+                      "mrr", "indirect_recall@5")
 
 
 class GumbelOptions(StrictModel):
@@ -99,6 +106,47 @@ class RRPOOptions(StrictModel):
         "best", description="the gold alias the logprob reward scores (F1/EM use every alias)")
 
 
+class ValidationOptions(StrictModel):
+    """Held-out questions scored during training in ``raglign eval``'s reranker setting.
+
+    ``data`` alone: every row of that canonical directory validates (none may share an id with
+    the training rows). ``fraction``: the training questions whose id falls in that fraction of
+    the fixed id hash (:func:`raglign.data.split.is_test` with ``seed``) are left out of training
+    and validate instead, read as canonical rows from ``data`` when given, else from the training
+    data itself (gumbel, rrpo) or from the labelled rows the mined data came from (the ``input``
+    its ``_summary.json`` records). The seed is not 0 on purpose: a training set that is the
+    train part of a seed-0 split (the demo's) has no id in any smaller seed-0 fraction.
+    """
+
+    data: str | None = Field(None, description="canonical rows: question, candidates with is_gold")
+    fraction: float | None = Field(None, gt=0, lt=1,
+                                   description="hold out this fraction of the training questions")
+    seed: int = Field(1, description="seed of the question-id hash that picks the fraction")
+    metric: str = Field("mrr", description="the metric that picks the best checkpoint (higher "
+                                           "is better): " + ", ".join(VALIDATION_METRICS))
+    k1: PositiveInt = Field(20, description="candidates the reranker re-scores (raglign eval's k1)")
+    limit: PositiveInt | None = Field(None, description="validate on the first N rows only")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in VALIDATION_METRICS:
+            raise ValueError(f"must be one of {', '.join(VALIDATION_METRICS)}, got {metric!r}")
+        return metric
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidationOptions:
+        if self.data is None and self.fraction is None:
+            raise ValueError("validation needs data (a canonical rows directory) or fraction "
+                             "(of the training questions), or both")
+        return self
+
+    @property
+    def score_attribute(self) -> str:
+        """The reported metric Ray Train ranks checkpoints by."""
+        return f"val_{self.metric}"
+
+
 class TrainConfig(JobConfig):
     """Fine-tune a cross- or bi-encoder reranker on mined groups or soft targets with Ray Train."""
 
@@ -128,10 +176,13 @@ class TrainConfig(JobConfig):
     use_gpu: bool = False
     cpus_per_worker: int = Field(default=1, ge=1)
     checkpoint_every: int = Field(default=500, ge=1)  # optimizer steps
-    keep_checkpoints: int = Field(default=2, ge=1)
+    keep_checkpoints: int = Field(default=1, ge=1)  # plus the best by validation, if another
     max_steps: int | None = Field(default=None, ge=1)  # stop (and checkpoint) early; resumable
     max_failures: int = Field(default=0, ge=-1)  # worker-group restarts from the last checkpoint
-    log_every: int = Field(default=10, ge=1)
+    log_every: int | None = Field(default=None, ge=1)  # None: every step below 100 steps, see
+    # log_interval
+    validation: ValidationOptions | None = None  # held-out questions scored during training
+    eval_every: int | None = Field(default=None, ge=1)  # None with validation: see eval_interval
     run_name: str = "train"
     storage_path: str | None = None  # Ray Train storage; None: <output>/ray; s3://… on clusters
     gumbel: GumbelOptions | None = None  # objective gumbel only; defaults filled in for it
@@ -164,6 +215,9 @@ class TrainConfig(JobConfig):
                              "cross-encoder would score batch_size times more pairs)")
         if self.similarity is not None and self.kind != "bi":
             raise ValueError("similarity applies to kind 'bi' only")
+        if self.eval_every is not None and self.validation is None:
+            raise ValueError("eval_every needs a validation block (validation.data or "
+                             "validation.fraction) to evaluate on")
         per_step = max(self.num_workers, 1) * self.grad_accumulation
         if self.batch_size % per_step:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_workers x "
@@ -183,6 +237,15 @@ class TrainConfig(JobConfig):
     def micro_batch(self) -> int:
         """Groups per worker per forward/backward pass."""
         return self.batch_size // (max(self.num_workers, 1) * self.grad_accumulation)
+
+    def log_interval(self, total_steps: int) -> int:
+        """Steps between metric lines: ``log_every``, or by default about 100 points per loss
+        curve and at least one every 10 steps (so a run of < 100 steps logs every step)."""
+        return self.log_every or min(10, math.ceil(total_steps / 100))
+
+    def eval_interval(self, total_steps: int) -> int:
+        """Steps between validations: ``eval_every``, or by default about 10 per run."""
+        return self.eval_every or max(1, math.ceil(total_steps / 10))
 
     @property
     def storage(self) -> str:

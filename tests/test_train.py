@@ -272,6 +272,38 @@ def test_cli_bi_encoder_kl_on_soft_targets_learns(tmp_path, tiny_bert_dir, capsy
     assert "method: pdist" in (result_model / "README.md").read_text()
 
 
+@pytest.mark.parametrize("kind, in_batch_negatives", [("bi", False), ("bi", True), ("cross", False)])
+def test_a_ddp_step_leaves_no_trainable_parameter_without_a_gradient(
+        tmp_path, groups_dir, tiny_bert_dir, kind, in_batch_negatives):
+    """The trainer wraps the reranker in DDP without find_unused_parameters: a trainable
+    parameter outside the score's graph (BERT's pooler under mean pooling, unless frozen) would
+    get no gradient, and DDP would fail at the next step. Two steps, as the trainer runs them."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from raglign.pipeline.train import (_scorer_class, build_loss, build_reranker,
+                                        load_train_table, make_batch)
+
+    cfg = _cfg(groups_dir, tiny_bert_dir, tmp_path, kind=kind,
+               in_batch_negatives=in_batch_negatives)
+    table, _ = load_train_table(groups_dir, "infonce")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        reranker = build_reranker(cfg)
+        model = DistributedDataParallel(_scorer_class()(reranker, in_batch_negatives))
+        loss_fn = build_loss(cfg, torch.device("cpu"))
+        for rows in ([0, 1, 2, 3], [4, 5, 6, 7]):
+            loss_fn(model, make_batch(table, rows)).backward()
+            missing = [n for n, p in reranker.named_parameters()
+                       if p.requires_grad and p.grad is None]
+            assert not missing
+            reranker.zero_grad(set_to_none=True)
+    finally:
+        dist.destroy_process_group()
+    if kind == "bi":  # the one module mean pooling never reads is frozen, not trained
+        assert all(not p.requires_grad for p in reranker.encoder.model.pooler.parameters())
+
+
 # --- Ray Train: 2 DDP workers, stop at max_steps, resume --------------------------------------
 
 def test_two_worker_ddp_resumes_and_matches_uninterrupted_training(

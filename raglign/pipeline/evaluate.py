@@ -88,13 +88,33 @@ class _RerankActor:
         self.k1 = k1
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raglign.models.rerankers import doc_text
-
-        scores = []
-        for question, cands in zip(batch["question"], batch["candidates"]):
-            docs = [doc_text(c["title"], c["text"]) for c in list(cands)[: self.k1]]
-            scores.append(self.model.score(str(question), docs) if docs else [])
+        scores = [rerank_scores(self.model, question, cands, self.k1)
+                  for question, cands in zip(batch["question"], batch["candidates"])]
         return {"id": list(batch["id"]), "rerank_scores": scores}
+
+
+def rerank_scores(model, question: str, candidates, k1: int) -> list[float]:
+    """The reranker's scores of the first ``k1`` candidates (eval mode, no grad): what the
+    reranker setting ranks by, here and in the trainer's validation."""
+    from raglign.models.rerankers import doc_text
+
+    docs = [doc_text(c["title"], c["text"]) for c in list(candidates)[:k1]]
+    return model.score(str(question), docs) if docs else []
+
+
+def reranker_setting(model, rows: list[dict], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Per-row reranker-setting metrics of ``rows`` under a ``model`` already in memory.
+
+    The computation :func:`evaluate` runs through its actor pool (scores, ranking, metrics), in
+    the calling process: ``raglign train`` validates the model it is training with it, so its
+    validation numbers are ``raglign eval``'s by construction.
+    """
+    out = []
+    for row in rows:
+        scored = {**row, "rerank_scores": rerank_scores(model, row["question"],
+                                                        row["candidates"], cfg.k1)}
+        out.append(row_metrics(scored, _ranking(scored, cfg), cfg))
+    return out
 
 
 class _GenerateActor:

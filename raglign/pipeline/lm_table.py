@@ -9,6 +9,7 @@ alias a likelihood scores and every gold alias (for answer-quality rewards).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +21,8 @@ from raglign.errors import DataError
 
 
 def load_lm_table(path: str, options: Any, objective: str, limit: int | None = None,
-                  min_candidates: int = 1) -> tuple[pa.Table, dict[str, list]]:
+                  min_candidates: int = 1, exclude: Callable[[str], bool] | None = None,
+                  ) -> tuple[pa.Table, dict[str, list]]:
     """Validated canonical rows as ``{id, question, docs: [str], titles, texts, choices,
     answer, answers}`` over each row's first ``options.n`` candidates (``options``: the
     objective's block, with ``n``, ``answer_alias`` and ``generator``).
@@ -28,7 +30,8 @@ def load_lm_table(path: str, options: Any, objective: str, limit: int | None = N
     Every row must have at least ``min_candidates`` candidates and a non-empty answer: a row
     without them cannot train the reranker, and dropping it silently would change what a run
     means. The second value is the model card's provenance (the generator the reranker was
-    trained through).
+    trained through). Rows whose id ``exclude`` accepts (held out for validation) are skipped
+    before ``limit`` counts.
     """
     from raglign.models.rerankers import doc_text
     from raglign.pipeline.label import gold_answers, prepare_item
@@ -41,6 +44,8 @@ def load_lm_table(path: str, options: Any, objective: str, limit: int | None = N
         for i, row in enumerate(pq.read_table(f).to_pylist()):
             rec = row.get("id") or i
             validate_row(row, src, rec)
+            if exclude is not None and exclude(str(row["id"])):
+                continue
             cands = (row.get("candidates") or [])[:options.n]
             item = prepare_item({**row, "candidates": cands}, options.answer_alias)
             if not isinstance(item, Item):  # the reason: "no candidates" / "no answers"

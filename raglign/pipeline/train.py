@@ -28,13 +28,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import resource
 import shutil
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +83,15 @@ def _check_values(values: Any, n_docs: int, objective: str, field: str, src: str
 
 
 def load_train_table(path: str, objective: str, limit: int | None = None,
+                     exclude: Callable[[str], bool] | None = None,
                      ) -> tuple[pa.Table, dict[str, list]]:
     """Validated training rows as a compact table ``{id, question, docs: [str], values: [float]}``.
 
     ``docs`` are the texts the reranker sees (:func:`~raglign.models.rerankers.doc_text`);
     ``values`` is the objective's per-document field (``labels``, ``target`` or
-    ``lm_logprob``). The second value is provenance for the model card: the distinct values of
-    the mining columns ``method``/``signal``/``temperature`` where the rows carry them.
+    ``lm_logprob``). Rows whose id ``exclude`` accepts (held out for validation) are skipped
+    before ``limit`` counts. The second value is provenance for the model card: the distinct
+    values of the mining columns ``method``/``signal``/``temperature`` where the rows carry them.
     """
     from raglign.models.rerankers import doc_text
 
@@ -116,6 +117,9 @@ def load_train_table(path: str, objective: str, limit: int | None = None,
         for i, row in enumerate(table.select(
                 [c for c in ("id", "question", "docs", field) if c in table.column_names]).to_pylist()):
             rec = row.get("id") or i
+            rid = str(row.get("id") if row.get("id") is not None else f"{f.name}:{i}")
+            if exclude is not None and exclude(rid):
+                continue
             q = row["question"]
             if not isinstance(q, str) or not q.strip():
                 raise DataError(src, rec, "question", "must be a non-empty string")
@@ -128,7 +132,7 @@ def load_train_table(path: str, objective: str, limit: int | None = None,
                     raise DataError(src, rec, f"docs[{j}].text", "missing or not a string")
                 texts.append(doc_text(d.get("title"), d["text"]))
             values.append(_check_values(row[field], len(ds), objective, field, src, rec))
-            ids.append(str(row.get("id") if row.get("id") is not None else f"{f.name}:{i}"))
+            ids.append(rid)
             questions.append(q)
             docs.append(texts)
             if limit is not None and len(ids) >= limit:
@@ -301,15 +305,23 @@ def _memory_metrics(device) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 
 def _restore(ckpt, model, optimizer, scheduler, rank: int, device) -> tuple[int, list[dict]]:
-    """Load a checkpoint into the live objects; returns (step, metrics history)."""
+    """Load a checkpoint into the live objects; returns (step, metrics history).
+
+    A finished run's checkpoints keep only the model (:func:`~.train_export.slim_checkpoints`):
+    there is nothing left to train, so the optimizer, schedule and RNG state stay as they are.
+    """
     import torch
 
     with ckpt.as_directory() as d:
         d = Path(d)
         model.load_state_dict(torch.load(d / "model.pt", map_location=device))
+        state = json.loads((d / "state.json").read_text())
+        history = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()
+                   if line.strip()]
+        if not (d / "optimizer.pt").exists():
+            return int(state["step"]), history
         optimizer.load_state_dict(torch.load(d / "optimizer.pt", map_location=device))
         scheduler.load_state_dict(torch.load(d / "scheduler.pt"))
-        state = json.loads((d / "state.json").read_text())
         rng = d / f"rng-rank{rank}.pt"
         if rng.exists():
             saved = torch.load(rng)
@@ -318,8 +330,6 @@ def _restore(ckpt, model, optimizer, scheduler, rank: int, device) -> tuple[int,
                 torch.cuda.set_rng_state(saved["cuda"], device)
         else:  # resumed with more workers than were saved: a fresh, still deterministic stream
             torch.manual_seed(state["seed"] + 7919 * (rank + 1) + state["step"])
-        history = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()
-                   if line.strip()]
     return int(state["step"]), history
 
 
@@ -337,8 +347,31 @@ def _save(directory: Path, model, optimizer, scheduler, step: int, cfg: TrainCon
     torch.save({"cpu": torch.get_rng_state(), "cuda": cuda}, directory / f"rng-rank{rank}.pt")
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """One Ray Train worker: restore, then optimizer steps over the seeded global batches."""
+def _console_line(metrics: dict, total: int, extra: list[str], validation) -> str:
+    """The rank-0 progress line of a logged step (and of its validation, if any)."""
+    if "loss" in metrics:
+        line = (f"[raglign train] step {metrics['step']}/{total} epoch {metrics['epoch']:.2f} "
+                f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
+                f"pairs/s {metrics['pairs_per_s']:.1f} peak RSS {metrics['peak_rss_mib']:.0f} MiB"
+                + "".join(f" {k} {metrics[k]:.3f}" for k in extra))
+    else:
+        line = f"[raglign train] step 0/{total} (the starting model)"
+    if validation is not None and validation.attribute in metrics:
+        shown = dict.fromkeys([validation.options.metric, "recall@5", "ndcg@5", "mrr"])
+        line += " | validation " + " ".join(f"{m} {metrics[f'val_{m}']:.4f}" for m in shown
+                                             if f"val_{m}" in metrics)
+    return line
+
+
+def train_loop_per_worker(loop_config: dict) -> dict | None:
+    """One Ray Train worker: restore, then optimizer steps over the seeded global batches.
+
+    With validation, the starting model is scored first (step 0), then every ``eval_every``
+    steps and at every checkpoint, and a step at least as good as every earlier validation is
+    checkpointed at once, so Ray Train (``CheckpointConfig`` ranked by the validation metric)
+    holds the best model. Local mode has no checkpoint manager: it keeps the best step's
+    directory itself and returns ``{"best_checkpoint": path, "best_metrics": …}``.
+    """
     import ray
     import ray.train
     import ray.train.torch
@@ -346,18 +379,22 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import torch.distributed as dist
     from transformers import get_linear_schedule_with_warmup
 
+    from raglign.pipeline.train_validation import is_new_best, validate
+
     cfg = TrainConfig.model_validate(loop_config["config"])
     local = cfg.num_workers == 0  # Ray Train local mode: the table was passed as is
     table: pa.Table = loop_config["table"] if local else ray.get(loop_config["table"])
+    validation = loop_config["validation"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
 
     compute_loss = build_loss(cfg, device)  # gumbel: loads the frozen generator
     reranker = build_reranker(cfg, device)
-    ddp_kwargs = {"find_unused_parameters": True} if cfg.kind == "bi" else {}  # unused pooler
-    model = ray.train.torch.prepare_model(_scorer_class()(reranker, cfg.in_batch_negatives),
-                                          parallel_strategy_kwargs=ddp_kwargs)
+    # No find_unused_parameters: every trainable parameter takes part in the scores (the
+    # encoder freezes BERT's pooler, which mean/CLS pooling never reads), so DDP needs no
+    # extra graph traversal per step (tests/test_train.py checks every parameter gets a grad).
+    model = ray.train.torch.prepare_model(_scorer_class()(reranker, cfg.in_batch_negatives))
     optimizer = torch.optim.AdamW(_param_groups(reranker, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = table.num_rows // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
@@ -371,9 +408,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if rank == 0:
             print(f"[raglign train] resumed from step {step}/{total}", flush=True)
     stop_at = total if cfg.max_steps is None else min(total, cfg.max_steps)
+    log_every = cfg.log_interval(total)
+    print_every = max(log_every, math.ceil(total / 10))  # about ten lines a run on the console
+    eval_every = cfg.eval_interval(total)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=cfg.bf16 and device.type == "cuda")
 
+    if validation is not None and not history:  # the starting model, once per run
+        metrics = {"step": 0, "epoch": 0.0, "total_steps": total,
+                   **validate(reranker, validation, rank, world, device)}
+        history.append(metrics)
+        if rank == 0:
+            print(_console_line(metrics, total, [], validation), flush=True)
+        ray.train.report(metrics)
+
+    local_best: tuple[Path, dict] | None = None
     window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
     perm_epoch, perm = -1, []
     while step < stop_at:
@@ -399,7 +448,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         window_loss, window_pairs, window_steps = window_loss + step_loss, window_pairs + step_pairs, window_steps + 1
 
         checkpoint_now = step % cfg.checkpoint_every == 0 or step == stop_at
-        if step % cfg.log_every and not checkpoint_now:
+        # Every checkpoint is validated, so Ray Train can rank all of them by the metric.
+        validate_now = validation is not None and (step % eval_every == 0 or checkpoint_now)
+        if step % log_every and not (checkpoint_now or validate_now):
             continue
         # On the device: NCCL (GPU workers) reduces CUDA tensors only.
         stats = torch.tensor([window_loss, float(window_pairs)], dtype=torch.float64, device=device)
@@ -420,126 +471,31 @@ def train_loop_per_worker(loop_config: dict) -> None:
                    "total_steps": total,
                    **{k: round(v, 1) for k, v in zip(memory, peaks.tolist())},
                    **{k: v / world for k, v in zip(means, mean_values.tolist())}}
+        new_best = False
+        if validate_now:
+            metrics.update(validate(reranker, validation, rank, world, device))
+            new_best = is_new_best(metrics, history, validation.attribute)
         history.append(metrics)
-        if rank == 0:
-            print(f"[raglign train] step {step}/{total} epoch {metrics['epoch']:.2f} "
-                  f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                  f"pairs/s {metrics['pairs_per_s']:.1f} peak RSS {metrics['peak_rss_mib']:.0f} MiB"
-                  + "".join(f" {k} {metrics[k]:.3f}" for k in means), flush=True)
-        if checkpoint_now and (step == stop_at or not local):
-            # Local mode keeps no intermediate checkpoints (it cannot resume) and hands the
-            # final directory itself to the driver, so that one must outlive this function.
+        if rank == 0 and (step % print_every == 0 or validate_now or step == stop_at):
+            print(_console_line(metrics, total, list(means), validation), flush=True)
+        # Local mode keeps no intermediate checkpoints (it cannot resume) except the best one.
+        if new_best or (checkpoint_now and (step == stop_at or not local)):
             tmp = Path(tempfile.mkdtemp(prefix="raglign-ckpt-"))
             _save(tmp, reranker, optimizer, scheduler, step, cfg, rank, history)
-            if rank == 0 and step == stop_at:
-                reranker.save(tmp / "model", model_card=model_card(
-                    cfg, loop_config["provenance"], table.num_rows, step, total, history))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"step-{step:08d}")
             if not local:  # uploaded to the run's storage by report()
                 shutil.rmtree(tmp, ignore_errors=True)
+            elif new_best:  # the driver exports from it, so it outlives this function
+                if local_best is not None:
+                    shutil.rmtree(local_best[0], ignore_errors=True)
+                local_best = (tmp, metrics)
         else:
             ray.train.report(metrics)
         window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
-
-
-# ---------------------------------------------------------------------------------------------
-# Outputs: model card, metrics, loss curve
-# ---------------------------------------------------------------------------------------------
-
-def model_card(cfg: TrainConfig, provenance: dict[str, list], n_rows: int, step: int, total: int,
-               history: list[dict]) -> str:
-    """A README.md for the exported model: data, signal, objective, hyper-parameters, result."""
-    data, objective = _card_objective(cfg)
-    library = "sentence-transformers"
-    if cfg.kind == "cross":
-        usage = ("from sentence_transformers import CrossEncoder\n\nmodel = CrossEncoder(\"PATH\")\n"
-                 "scores = model.predict([(query, doc) for doc in docs])  # higher = more relevant")
-    else:
-        usage = ("from sentence_transformers import SentenceTransformer\n\nmodel = SentenceTransformer(\"PATH\")\n"
-                 "scores = model.similarity(model.encode([query]), model.encode(docs))")
-    signal = ", ".join(f"{k}: {', '.join(map(str, v))}" for k, v in provenance.items()) or "not recorded"
-    final = history[-1]["loss"] if history else float("nan")
-    status = "complete" if step >= total else f"stopped early at max_steps ({step} of {total})"
-    return f"""---
-library_name: {library}
-base_model: {cfg.model}
-tags: [reranker, {cfg.kind}-encoder, raglign, {cfg.objective}]
----
-
-# {cfg.kind}-encoder reranker fine-tuned with raglign ({cfg.objective})
-
-Fine-tuned from `{cfg.model}` with `raglign train` to rank documents by what a RAG generator
-needs.
-
-- **Data**: `{cfg.data}` — {n_rows} training queries, {data}
-- **Signal** (from the training rows): {signal}
-- **Objective**: `{cfg.objective}` — {objective}
-- **Training**: {step} optimizer steps ({status}); {cfg.epochs} epochs of {total // cfg.epochs}
-  steps; final loss {final:.4f}
-
-## Usage
-
-```python
-{usage}
-```
-
-## Hyper-parameters
-
-AdamW (lr {cfg.lr}, weight decay {cfg.weight_decay}), linear warmup over {cfg.warmup_ratio:.0%}
-of the steps then linear decay, {cfg.batch_size} groups per step, max length {cfg.max_length},
-seed {cfg.seed}, {cfg.num_workers} Ray Train worker(s). The full job configuration:
-
-```yaml
-{dump_yaml(cfg).strip()}
-```
-"""
-
-
-def _card_objective(cfg: TrainConfig) -> tuple[str, str]:
-    """What the rows supervise and what the loss is, for the model card."""
-    if cfg.objective == "gumbel":
-        g = cfg.gumbel
-        loss = (f"G-Rerank: the gold answer's per-token NLL under the frozen generator "
-                f"`{g.generator}` ({g.dtype}) reading the candidates through a Gumbel relaxed "
-                f"top-{g.k} mask of the scores (tau {g.tau}, kappa {g.kappa}, noise {g.noise}, "
-                f"{g.samples} mask(s) per query)")
-        return f"gold answers (alias `{g.answer_alias}`) over the first {g.n} candidates", loss
-    if cfg.objective == "rrpo":
-        r = cfg.rrpo
-        loss = (f"RRPO: PPO clipped surrogate (eps {r.clip_eps}) on episodes of {r.k} documents "
-                f"sampled from the Plackett-Luce policy of the scores (temperature "
-                f"{cfg.score_temperature}), reward `{r.reward}` from the frozen reader "
-                f"`{r.generator}` ({r.dtype}), advantages against the initial reranker's greedy "
-                f"episode (gamma {r.gamma}, GAE lambda {r.lam}), KL weight {r.kl_beta}")
-        return f"gold answers over the first {r.n} candidates", loss
-    from raglign.objectives import OBJECTIVES
-
-    obj = OBJECTIVES[cfg.objective]
-    beta = f", beta {cfg.beta}" if cfg.objective == "replug" else ""
-    return (f"per-document field `{obj.field}`",
-            f"{obj.description}; score temperature {cfg.score_temperature}{beta}")
-
-
-def plot_loss_curve(history: list[dict], path: Path, title: str = "raglign train") -> None:
-    """Loss (left axis) and learning rate (right axis) against the optimizer step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [h["step"] for h in history]
-    ax.plot(steps, [h["loss"] for h in history], color="tab:blue", label="loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss", color="tab:blue")
-    lr_ax = ax.twinx()
-    lr_ax.plot(steps, [h["lr"] for h in history], color="tab:gray", linestyle="--", label="lr")
-    lr_ax.set_ylabel("learning rate", color="tab:gray")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    if local_best is None:
+        return None
+    return {"best_checkpoint": str(local_best[0]), "best_metrics": local_best[1]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,6 +510,15 @@ class TrainResult:
     total_steps: int
     final_loss: float
     checkpoint: str | None  # where Ray Train keeps the last checkpoint (None in local mode)
+    exported_step: int  # the step whose model is in model_dir (0: the starting model)
+    export: str  # "last", "best" (by validation) or "base" (no trained step beat step 0)
+    note: str  # one sentence: which model was exported and why
+    validation: dict | None  # the validation metrics of step 0 and of the exported step
+    freed_mib: float  # training state removed from a finished run's checkpoints
+
+    def to_json(self) -> str:
+        fields = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        return json.dumps(fields, indent=2) + "\n"
 
 
 def _check_resumable(cfg: TrainConfig, path: Path) -> None:
@@ -571,14 +536,6 @@ def _check_resumable(cfg: TrainConfig, path: Path) -> None:
         raise ConfigError(f"{path}: run {cfg.run_name!r} was started with different settings "
                           f"({details}); resuming would mix two trainings. Use a new run_name "
                           "or output, or restore the old values.")
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}")
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
 
 
 @contextlib.contextmanager
@@ -601,18 +558,61 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) the training job and export ``OUTPUT/model``, metrics and loss curve."""
-    from raglign.ray_session import ray_session
-
+def _load_training_rows(cfg: TrainConfig, split) -> tuple[pa.Table, dict[str, list]]:
+    """The objective's training table, without the questions ``split`` holds out."""
+    exclude = split.exclude if split is not None else None
     if cfg.objective in LM_OBJECTIVES:
         from raglign.pipeline.lm_table import load_lm_table
 
         # An RRPO episode chooses k documents, so each row needs k candidates.
-        table, provenance = load_lm_table(cfg.data, cfg.lm_options, cfg.objective, cfg.limit,
-                                          cfg.rrpo.k if cfg.rrpo else 1)
-    else:
-        table, provenance = load_train_table(cfg.data, cfg.objective, cfg.limit)
+        return load_lm_table(cfg.data, cfg.lm_options, cfg.objective, cfg.limit,
+                             cfg.rrpo.k if cfg.rrpo else 1, exclude)
+    return load_train_table(cfg.data, cfg.objective, cfg.limit, exclude)
+
+
+def _checkpoint_config(cfg: TrainConfig):
+    """Ray Train keeps the ``keep_checkpoints`` best checkpoints and always the latest; with
+    validation "best" is the validation metric (higher is better), else recency."""
+    import ray.train
+
+    if cfg.validation is None:
+        return ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints)
+    return ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints,
+                                      checkpoint_score_attribute=cfg.validation.score_attribute,
+                                      checkpoint_score_order="max")
+
+
+def _best_trained(cfg: TrainConfig, result, local: bool) -> tuple[Any, dict] | None:
+    """The best validated checkpoint and its metrics: Ray Train's ranking
+    (``Result.get_best_checkpoint``'s, with the metrics), or the local loop's own."""
+    if cfg.validation is None:
+        return None
+    if local:
+        kept = result.return_value
+        if kept is None:
+            return None
+        import ray.train
+
+        return ray.train.Checkpoint.from_directory(kept["best_checkpoint"]), kept["best_metrics"]
+    attribute = cfg.validation.score_attribute
+    ranked = [(c, m) for c, m in result.best_checkpoints or [] if attribute in m]
+    return max(ranked, key=lambda cm: cm[1][attribute]) if ranked else None
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Run (or resume) the training job and export ``OUTPUT/model``, metrics and loss curve."""
+    from raglign.pipeline.train_export import (choose_export, export_model, model_card,
+                                               plot_loss_curve, slim_checkpoints)
+    from raglign.pipeline.train_validation import held_out, load_validation
+    from raglign.ray_session import ray_session
+
+    split = held_out(cfg)
+    table, provenance = _load_training_rows(cfg, split)
+    validation = None
+    if cfg.validation is not None:
+        validation = load_validation(cfg, table.column("id").to_pylist(), split)
+        left_out = f"; {split.turned_away} training questions held out" if split else ""
+        print(f"[raglign train] validation: {validation.describe()}{left_out}", flush=True)
     if table.num_rows < cfg.batch_size:
         raise DataError(cfg.data, None, None, f"{table.num_rows} training rows, fewer than one "
                                               f"batch (batch_size {cfg.batch_size})")
@@ -630,14 +630,14 @@ def train(cfg: TrainConfig) -> TrainResult:
 
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "provenance": provenance,
+            train_loop_config={"config": cfg.model_dump(mode="json"), "validation": validation,
                                "table": table if local else ray.put(table)},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                 resources_per_worker={"CPU": cfg.cpus_per_worker}),
             run_config=ray.train.RunConfig(
                 name=cfg.run_name, storage_path=cfg.storage,
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                checkpoint_config=_checkpoint_config(cfg),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
                 worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}),
         )
@@ -650,17 +650,45 @@ def train(cfg: TrainConfig) -> TrainResult:
     if result.checkpoint is None:
         raise RaglignError(f"training reported no checkpoint under {cfg.storage}/{cfg.run_name}")
     with result.checkpoint.as_directory() as d:
-        d = Path(d)
-        state = json.loads((d / "state.json").read_text())
-        _replace_dir(d / "model", out / "model")
-        shutil.copyfile(d / "metrics.jsonl", out / "metrics.jsonl")
-    if local:  # the loop's own temporary directory, nothing of Ray's
-        shutil.rmtree(result.checkpoint.path, ignore_errors=True)
+        state = json.loads((Path(d) / "state.json").read_text())
+        shutil.copyfile(Path(d) / "metrics.jsonl", out / "metrics.jsonl")
     history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
-    if history:
+    step = state["step"]
+    total = history[-1]["total_steps"] if history else step
+    best = _best_trained(cfg, result, local)
+    choice = choose_export(cfg, history, result.checkpoint, step, best)
+    export_model(cfg, choice.checkpoint, out / "model", model_card(
+        cfg, provenance, table.num_rows, step, total, history, choice,
+        validation.describe() if validation else None))
+    print(f"[raglign train] {choice.note}", flush=True)
+    if local:  # the loop's own temporary directories, nothing of Ray's
+        for kept in {result.checkpoint.path, best[0].path if best else None} - {None}:
+            shutil.rmtree(kept, ignore_errors=True)
+    freed = 0
+    if not local and step >= total:
+        kept = [result.checkpoint, *(c for c, _ in result.best_checkpoints or [])]
+        freed = slim_checkpoints(kept)
+        if freed:
+            names = sorted({Path(c.path).name for c in kept})
+            print(f"[raglign train] finished: {freed / 2**20:.0f} MiB freed by removing the "
+                  f"optimizer and RNG state from {', '.join(names)} in "
+                  f"{cfg.storage}/{cfg.run_name} (their model weights stay)", flush=True)
+    losses = [h["loss"] for h in history if "loss" in h]
+    attribute = cfg.validation.score_attribute if cfg.validation else None
+    if losses:
         plot_loss_curve(history, out / "loss_curve.png",
-                        f"raglign train: {cfg.objective}, {cfg.kind}-encoder {Path(cfg.model).name}")
-    total = history[-1]["total_steps"] if history else state["step"]
-    return TrainResult(out, out / "model", state["step"], total,
-                       history[-1]["loss"] if history else float("nan"),
-                       None if local else result.checkpoint.path)
+                        f"raglign train: {cfg.objective}, {cfg.kind}-encoder {Path(cfg.model).name}",
+                        attribute, choice.step if attribute else None)
+    scores = None
+    if attribute:
+        scores = {"metric": cfg.validation.metric,
+                  "step_0": {k: v for h in history if h["step"] == 0 for k, v in h.items()
+                             if k.startswith("val_")},
+                  "exported": {k: v for h in history if h["step"] == choice.step
+                               for k, v in h.items() if k.startswith("val_")}}
+    train_result = TrainResult(out, out / "model", step, total,
+                               losses[-1] if losses else float("nan"),
+                               None if local else result.checkpoint.path, choice.step,
+                               choice.kind, choice.note, scores, round(freed / 2**20, 1))
+    (out / "train_result.json").write_text(train_result.to_json())
+    return train_result
