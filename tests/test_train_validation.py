@@ -333,3 +333,20 @@ def test_generator_objectives_validate_on_their_own_held_out_questions(
     history = _history(tmp_path / "out")
     assert [h["step"] for h in history] == [0, 1] and all("val_ndcg@5" in h for h in history)
     assert history[0]["val_n"] == result.validation["step_0"]["val_n"] > 10
+
+
+def test_cli_flags_set_validation_and_say_which_model_was_exported(tmp_path, data, bert_dir,
+                                                                   capsys):
+    from raglign.cli import main
+
+    args = ["train", data["mined"], str(tmp_path / "out"), "--model", bert_dir, "--max-length",
+            "32", "--batch-size", "8", "--epochs", "1", "--num-workers", "0", "--max-steps", "2"]
+    assert main(args + ["--validation-fraction", "0.25", "--eval-every", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "trained 2/7 steps" in out and "train_result.json" in out
+    result = json.loads((tmp_path / "out" / "train_result.json").read_text())
+    assert f"(step {result['exported_step']}, {result['export']})" in out
+    saved = (tmp_path / "out" / "train_config.yaml").read_text()
+    assert "fraction: 0.25" in saved and "eval_every: 1" in saved
+    assert main(args + ["--validation-fraction", "1.5"]) != 0
+    assert "validation.fraction" in capsys.readouterr().err

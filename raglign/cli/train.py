@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+# Flags that set a field of a nested block: flag destination -> dotted config key.
+NESTED_FLAGS = {"address": "ray.address", "validation_data": "validation.data",
+                "validation_fraction": "validation.fraction",
+                "validation_metric": "validation.metric"}
+
+
+def _nest(fields: dict) -> dict:
+    """``{"validation.data": d}`` -> ``{"validation": {"data": d}}`` (a job without a YAML)."""
+    out: dict = {}
+    for key, value in fields.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
 
 def _train(args) -> int:
     from raglign.config import load_job, validate
@@ -10,18 +27,19 @@ def _train(args) -> int:
 
     fields = {k: v for k, v in vars(args).items()
               if k in TrainConfig.model_fields and k not in ("job", "ray") and v is not None}
-    if args.address:
-        fields["ray.address"] = args.address
+    fields.update({key: getattr(args, flag) for flag, key in NESTED_FLAGS.items()
+                   if getattr(args, flag) is not None})
     if args.config:
         cfg = load_job(args.config, fields)
     else:
-        if "ray.address" in fields:
-            fields["ray"] = {"address": fields.pop("ray.address")}
-        cfg = validate(TrainConfig, {"job": "train", **fields}, "command line")
+        cfg = validate(TrainConfig, {"job": "train", **_nest(fields)}, "command line")
     result = train(cfg)
     print(f"trained {result.step}/{result.total_steps} steps, final loss {result.final_loss:.4f}")
-    print(f"model: {result.model_dir}")
-    print(f"metrics: {result.output / 'metrics.jsonl'}, curve: {result.output / 'loss_curve.png'}")
+    if result.export == "base":
+        print("model: the STARTING model, unchanged (no trained step beat it on validation)")
+    print(f"model: {result.model_dir} (step {result.exported_step}, {result.export})")
+    print(f"metrics: {result.output / 'metrics.jsonl'}, curve: {result.output / 'loss_curve.png'}, "
+          f"summary: {result.output / 'train_result.json'}")
     if result.step < result.total_steps:
         print("stopped at max_steps: re-run the same command (without --max-steps) to resume")
     return 0
@@ -61,6 +79,17 @@ def register(sub) -> None:
     p.add_argument("--max-steps", dest="max_steps", type=int,
                    help="stop after this many optimizer steps (resumable)")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="default 500")
+    p.add_argument("--log-every", dest="log_every", type=int,
+                   help="steps between metric lines (default: every step below 100 steps)")
+    p.add_argument("--validation-data", dest="validation_data",
+                   help="canonical rows to validate on (question, candidates with is_gold)")
+    p.add_argument("--validation-fraction", dest="validation_fraction", type=float,
+                   help="hold out this fraction of the training questions (fixed id hash) "
+                        "and validate on them")
+    p.add_argument("--validation-metric", dest="validation_metric",
+                   help="the metric that picks the exported model (default mrr)")
+    p.add_argument("--eval-every", dest="eval_every", type=int,
+                   help="steps between validations (default: about 10 per run)")
     p.add_argument("--max-failures", dest="max_failures", type=int,
                    help="worker-group restarts from the last checkpoint (default 0)")
     p.add_argument("--run-name", dest="run_name", help="Ray Train run name (default 'train')")
