@@ -23,6 +23,11 @@ of k documents sampled from the reranker's Plackett-Luce policy, rewarded by a f
 against the frozen initial reranker's greedy choices; settings in the ``rrpo:`` block, and
 ``temperature`` is the policy's (scores / temperature).
 
+``validation`` names held-out questions (a canonical directory, or a fraction of the training
+questions by the fixed id hash) that the loop scores every ``eval_every`` steps in ``raglign
+eval``'s reranker setting; the exported model is the best of them by ``validation.metric``, or
+the starting model when no trained step beats it (docs/training.md).
+
 This module imports no torch or Ray, so ``raglign --help`` and config validation stay fast.
 """
 

@@ -4,8 +4,11 @@ or end to end through a frozen generator (``objective: gumbel``, :mod:`.train_gu
 Flow: the driver reads and validates the training rows (errors name file, record and field
 before any worker starts), puts them once into the object store as an Arrow table, and runs a
 ``TorchTrainer``; every worker builds the reranker, wraps it with ``prepare_model`` (DDP, gloo on
-CPU / NCCL on GPU) and walks the same seeded permutation of the rows. At the end the driver
-copies the model out of the last checkpoint and writes the metrics and a loss curve.
+CPU / NCCL on GPU) and walks the same seeded permutation of the rows. With a ``validation``
+block the loop also scores held-out questions as ``raglign eval`` does
+(:mod:`.train_validation`). At the end the driver exports the last model, or the best
+validated one, or the starting model when no step beats it, and writes the metrics, a loss
+curve and ``train_result.json`` (:mod:`.train_export`).
 
 Why the data are not a Ray Data stream: training sets here are small (RADIO: 20k queries), and
 resuming must continue the *same* data order from step K. A seeded per-epoch permutation over an
