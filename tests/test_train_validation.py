@@ -24,29 +24,12 @@ from raglign.data.schema import candidate, make_row
 from raglign.data.split import is_test
 from raglign.errors import ConfigError
 from raglign.training_config import VALIDATION_METRICS, TrainConfig
+from test_train import tiny_bert_dir  # noqa: F401 (fixture: the dropout-free BERT)
+from test_train_gumbel import generator_dir  # noqa: F401 (fixture)
 
 WORDS = ["apple", "river", "piano", "tiger", "copper", "violet", "harbor", "candle", "meadow",
          "falcon", "glacier", "lantern", "orchid", "pepper", "saddle", "thunder"]
 N = 80
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory) -> str:
-    """A random 2-layer BERT without dropout (training steps are then exactly repeatable)."""
-    import transformers
-
-    from raglign.models.registry import resolve_model
-
-    tok = transformers.AutoTokenizer.from_pretrained(resolve_model("minilm-l6"))
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, intermediate_size=64,
-                                  max_position_embeddings=64, hidden_dropout_prob=0.0,
-                                  attention_probs_dropout_prob=0.0)
-    path = tmp_path_factory.mktemp("bert")
-    transformers.BertModel(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def _texts(i: int, rng: random.Random) -> tuple[str, list[str]]:
@@ -143,12 +126,12 @@ def test_bad_validation_settings_name_the_field(bad, match):
         validate(TrainConfig, {"job": "train", "data": "d", "output": "o", **bad}, "t.yaml")
 
 
-def test_bad_validation_data_names_the_field_before_training(tmp_path, data, bert_dir):
+def test_bad_validation_data_names_the_field_before_training(tmp_path, data, tiny_bert_dir):
     from raglign.pipeline.train import train
 
     def fails(match: str, **kw):
         with pytest.raises(ConfigError, match=match):
-            train(_cfg(data, bert_dir, tmp_path / "out", **kw))
+            train(_cfg(data, tiny_bert_dir, tmp_path / "out", **kw))
         assert not (tmp_path / "out").exists()  # nothing started
 
     fails(r"validation.data: .*no such file or directory",
@@ -205,12 +188,12 @@ def test_fraction_holds_its_questions_out_of_training(data, objective):
 
 @pytest.mark.parametrize("kind", ["cross", "bi"])
 def test_validation_equals_raglign_eval_at_step_0_and_on_the_export(
-        tmp_path, ray_local, data, bert_dir, kind):
+        tmp_path, ray_local, data, tiny_bert_dir, kind):
     from raglign.models.rerankers import load_reranker
     from raglign.pipeline.evaluate import EvalConfig, evaluate
     from raglign.pipeline.train import build_reranker, train
 
-    cfg = _cfg(data, bert_dir, tmp_path / "out", kind=kind)
+    cfg = _cfg(data, tiny_bert_dir, tmp_path / "out", kind=kind)
     result = train(cfg)
     history = _history(tmp_path / "out")
     assert history[0]["step"] == 0 and "loss" not in history[0]
@@ -235,14 +218,14 @@ def test_validation_equals_raglign_eval_at_step_0_and_on_the_export(
 # --- the export is the best validated model ---------------------------------------------------
 
 def test_export_is_the_best_validated_checkpoint_and_a_finished_run_keeps_last_and_best(
-        tmp_path, ray_local, data, bert_dir):
+        tmp_path, ray_local, data, tiny_bert_dir):
     """A learning rate ramping up to 0.3 learns the task in two steps and then wrecks it: the
     export must be the best step's weights, not the last step's, and Ray Train must have kept
     that checkpoint (CheckpointConfig ranked by val_mrr) next to the last one."""
     from raglign.models.rerankers import load_reranker
     from raglign.pipeline.train import build_reranker, train
 
-    cfg = _cfg(data, bert_dir, tmp_path / "out", lr=0.3, warmup_ratio=1.0, epochs=2,
+    cfg = _cfg(data, tiny_bert_dir, tmp_path / "out", lr=0.3, warmup_ratio=1.0, epochs=2,
                eval_every=1, checkpoint_every=4, num_workers=1,
                validation={"fraction": 0.25})
     result = train(cfg)
@@ -275,13 +258,13 @@ def test_export_is_the_best_validated_checkpoint_and_a_finished_run_keeps_last_a
 
 
 def test_when_no_trained_step_beats_the_start_the_export_is_the_start_and_says_so(
-        tmp_path, data, bert_dir, capsys):
+        tmp_path, data, tiny_bert_dir, capsys):
     """Validation gold documents lack the keyword the training rewards, so every trained step
     ranks them last (MRR 1/7): the exported model must be the starting model, unchanged."""
     from raglign.models.rerankers import load_reranker
     from raglign.pipeline.train import build_reranker, train
 
-    cfg = _cfg(data, bert_dir, tmp_path / "out", validation={"data": data["adversarial"]},
+    cfg = _cfg(data, tiny_bert_dir, tmp_path / "out", validation={"data": data["adversarial"]},
                eval_every=1)
     result = train(cfg)
     history = _history(tmp_path / "out")
@@ -301,33 +284,25 @@ def test_when_no_trained_step_beats_the_start_the_export_is_the_start_and_says_s
 # --- every objective ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("objective", ["infonce", "supervised", "kl", "replug", "emdr"])
-def test_every_score_objective_validates(tmp_path, data, bert_dir, objective):
+def test_every_score_objective_validates(tmp_path, data, tiny_bert_dir, objective):
     from raglign.pipeline.train import train
 
-    result = train(_cfg(data, bert_dir, tmp_path / "out", objective=objective, max_steps=2,
+    result = train(_cfg(data, tiny_bert_dir, tmp_path / "out", objective=objective, max_steps=2,
                         eval_every=1, validation={"fraction": 0.25}))
     history = _history(tmp_path / "out")
     assert [h["step"] for h in history if "val_mrr" in h] == [0, 1, 2]
     assert result.validation["metric"] == "mrr" and result.export in ("base", "best", "last")
 
 
-@pytest.fixture(scope="module")
-def generator_dir(tmp_path_factory, tiny_llama, smollm_tokenizer) -> str:
-    path = tmp_path_factory.mktemp("tiny_llama")
-    tiny_llama.save_pretrained(path)
-    smollm_tokenizer.save_pretrained(path)
-    return str(path)
-
-
 @pytest.mark.parametrize("objective", ["gumbel", "rrpo"])
 def test_generator_objectives_validate_on_their_own_held_out_questions(
-        tmp_path, data, bert_dir, generator_dir, objective):
+        tmp_path, data, tiny_bert_dir, generator_dir, objective):
     from raglign.pipeline.train import train
 
     block = {"generator": generator_dir, "dtype": "float32", "n": 4, "k": 2}
     if objective == "rrpo":
         block["reward"] = "logprob"
-    result = train(_cfg(data, bert_dir, tmp_path / "out", data=data["canonical"],
+    result = train(_cfg(data, tiny_bert_dir, tmp_path / "out", data=data["canonical"],
                         objective=objective, **{objective: block}, batch_size=2, max_steps=1,
                         eval_every=1, validation={"fraction": 0.25, "k1": 7}))
     history = _history(tmp_path / "out")
@@ -335,11 +310,11 @@ def test_generator_objectives_validate_on_their_own_held_out_questions(
     assert history[0]["val_n"] == result.validation["step_0"]["val_n"] > 10
 
 
-def test_cli_flags_set_validation_and_say_which_model_was_exported(tmp_path, data, bert_dir,
+def test_cli_flags_set_validation_and_say_which_model_was_exported(tmp_path, data, tiny_bert_dir,
                                                                    capsys):
     from raglign.cli import main
 
-    args = ["train", data["mined"], str(tmp_path / "out"), "--model", bert_dir, "--max-length",
+    args = ["train", data["mined"], str(tmp_path / "out"), "--model", tiny_bert_dir, "--max-length",
             "32", "--batch-size", "8", "--epochs", "1", "--num-workers", "0", "--max-steps", "2"]
     assert main(args + ["--validation-fraction", "0.25", "--eval-every", "1"]) == 0
     out = capsys.readouterr().out
