@@ -155,7 +155,10 @@ def test_demo_comparison_files(tmp_path, capsys):
                for name, kw in runs]
     text = write_comparison(tmp_path, reports, DemoConfig(output=str(tmp_path), k=2))
     md = (tmp_path / "comparison.md").read_text()
-    assert text in md and (tmp_path / "comparison.png").stat().st_size > 10_000
+    assert (tmp_path / "comparison.png").stat().st_size > 10_000
+    printed, pointer = text.split("\nPaired differences per metric")
+    assert "## Verdict" in printed and "## Differences" not in printed and str(tmp_path) in pointer
+    assert printed.split("## Verdict")[1] in md and printed.split("## Verdict")[0] in md
     # radio puts both distractors first on every question: Recall@1 0 vs 1/2, Recall@5 equal,
     # MRR 1/3 vs 1, so every paired interval is a single point
     assert "| radio | -0.500 [-0.500, -0.500] p=0.00 | +0.000 [+0.000, +0.000] p=1.00 |" in md
