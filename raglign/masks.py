@@ -2,7 +2,10 @@
 
 transformers 5.x passes a user-supplied 4-D float mask ``[batch, 1, q, kv]`` straight to the
 attention kernel (sdpa and eager alike), where it is added to the logits. The engine therefore
-never patches attention: it writes the whole attention pattern here.
+never patches attention: it writes the whole attention pattern here. The module sits below both
+:mod:`raglign.engine` and :mod:`raglign.models` (the transformers generator builds its
+shared-prefix scoring masks with it), so neither of those imports the other
+(docs/architecture.md).
 
 Two rules are easy to get wrong and are encoded once, in this module:
 

@@ -3,6 +3,6 @@ document mask (hard, soft, differentiable), leave-one-out, single-document score
 mass, with the ordinary concatenated prompt as the exact reference. See :mod:`.engine`."""
 
 from raglign.engine.engine import DocCache, DocumentEngine
-from raglign.engine.masks import keep_mask, leave_one_out_masks
+from raglign.masks import keep_mask, leave_one_out_masks
 
 __all__ = ["DocCache", "DocumentEngine", "keep_mask", "leave_one_out_masks"]

@@ -61,9 +61,9 @@ import torch
 from transformers import DynamicCache
 
 from raglign.batching import length_batches
-from raglign.engine.masks import (DEFAULT_EPS, additive_mask, keep_mask, leave_one_out_masks,
-                                  log_mask, sliding_window)
 from raglign.errors import ConfigError, DataError
+from raglign.masks import (DEFAULT_EPS, additive_mask, keep_mask, leave_one_out_masks, log_mask,
+                           sliding_window)
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, parallel_prompt
 
 Document = tuple[str | None, str]

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from raglign.engine.masks import LAYER_TYPES, additive_mask, sliding_window
-from raglign.errors import ConfigError, DataError, did_you_mean
 from raglign.batching import length_batches
 from raglign.batching import token_budget as default_token_budget
+from raglign.errors import ConfigError, DataError, did_you_mean
+from raglign.masks import LAYER_TYPES, additive_mask, sliding_window
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, encode_prompt
 
 Prompt = str | ParallelPrompt
