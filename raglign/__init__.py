@@ -1,9 +1,11 @@
 """raglign: align a RAG pipeline's reranker with what its generator LLM needs.
 
-The package is layered so that data flows one way: ``data`` (canonical schema and
-loaders) → ``models`` (generators, rerankers, encoders) → ``engine`` (parallel-prefill
-answer likelihood) → ``signals`` / ``mining`` / ``objectives`` (plain torch maths) →
-``pipeline`` (Ray Data, Ray Train, Ray Tune at the edges) → ``evaluate`` → ``cli``.
+The package is layered and imports only point down: ``engine`` (parallel-prefill answer
+likelihood), ``models`` (generators, rerankers, encoders), ``objectives`` (losses), ``data``
+(canonical schema and loaders) and ``metrics`` below ``signals``, below ``mining`` and
+``evaluate``, below ``pipeline`` (Ray Data and Ray Train at the edges), below ``cli``. The rule
+is an import-linter contract in pyproject.toml, checked by tests/test_layers.py; see
+docs/architecture.md.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -32,6 +32,9 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from raglign.errors import DataError
+# minmax and mix_scores live beside the signals (the rationale signal mixes with them too);
+# they are re-exported here, where users and docs import them.
+from raglign.signals.mixing import minmax, mix_scores  # noqa: F401 (minmax: re-export)
 from raglign.signals.ranking import higher_is_better, rank_values
 
 DOC_FIELDS = ("doc_id", "title", "text")
@@ -73,38 +76,6 @@ def rank_by(row: Mapping[str, Any], signal: str, descending: bool | None = None,
     """Candidate indices of ``row`` sorted by the candidate field ``signal``, best first, in the
     signal's declared direction unless ``descending`` overrides it (ties: input order)."""
     return rank_values(candidate_scores(row, signal, source), _descending(signal, descending))
-
-
-def minmax(x: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Min-max normalise to [0, 1]; a constant vector (no ranking information) becomes zeros."""
-    x = np.asarray(x, dtype=np.float64)
-    if x.size == 0:
-        return x
-    lo, hi = x.min(), x.max()
-    return np.zeros_like(x) if hi == lo else (x - lo) / (hi - lo)
-
-
-def mix_scores(signal_scores: Sequence[float] | np.ndarray,
-               retrieval_scores: Sequence[float] | np.ndarray | None,
-               alpha: float = 0.5) -> np.ndarray:
-    """RADIO's score integration for one query: α·minmax(signal) + (1-α)·minmax(retrieval).
-
-    ``alpha = 1`` is the paper's "w/o retrieval" ablation and is the only value for which
-    ``retrieval_scores`` may be None (the retrieval term has weight 0); any other alpha without
-    retrieval scores is an error rather than a silent fallback to the signal alone.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    s = minmax(signal_scores)
-    if retrieval_scores is None:
-        if alpha != 1.0:
-            raise ValueError(f"retrieval scores are None but alpha={alpha}; they are needed "
-                             "unless alpha == 1 (signal only)")
-        return s
-    r = np.asarray(retrieval_scores, dtype=np.float64)
-    if r.shape != s.shape:
-        raise ValueError(f"signal and retrieval scores differ in length: {s.size} vs {r.size}")
-    return alpha * s + (1.0 - alpha) * minmax(r)
 
 
 def _row_rng(seed: int, row_id: str) -> np.random.Generator:

@@ -11,7 +11,7 @@
    a dot product with Enc("question. answers. rationale"), embeddings as the encoder outputs
    them). Documents are embedded as the generator reads them, "(Title: t) text".
 3. s'_i = α·minmax(s^rat) + (1-α)·minmax(s^ret) within the query
-   (:func:`raglign.mining.mix_scores`, α = ``rationale.alpha`` = 0.5; α = 1 is the paper's
+   (:func:`raglign.signals.mixing.mix_scores`, α = ``rationale.alpha`` = 0.5; α = 1 is the paper's
    "w/o retrieval" ablation). Rows whose candidates lack retrieval scores use -rank instead.
 """
 
@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from raglign.prompts import format_document
 from raglign.signals.base import Generate, Item, Labels, Signal, row_seed
+from raglign.signals.mixing import mix_scores
 
 
 def rationale_similarity(encoder, item: Item, rationale: str, mode: str,
@@ -54,10 +55,6 @@ class Rationale(Signal):
     def compute(self, item, results, models, cfg):
         rationale = results[self.requests(item, cfg)[0]].strip()
         sim = rationale_similarity(models.encoder, item, rationale, cfg.rationale.similarity)
-        # Imported here: raglign.mining ranks by the directions this package declares
-        # (raglign.signals.ranking), so a module-level import would be circular.
-        from raglign.mining import mix_scores
-
         mixed = mix_scores(sim, item.retrieval_scores, cfg.rationale.alpha)
         return Labels([float(v) for v in mixed], columns={"rationale": rationale},
                       counts={"rationale_empty": int(not rationale)})
