@@ -82,13 +82,13 @@ def markdown(result: dict) -> str:
     if result["paired"]:
         lines += ["", "Paired difference parallel - concat (same questions; bootstrap 95% CI, "
                   "p-value) and the largest |difference| of the labels themselves:", "",
-                  "| signal | " + " | ".join(METRICS) + " | max \\|Δ value\\| (nats) |",
+                  "| signal | " + " | ".join(METRICS) + " | \\|Δ value\\| max / mean (nats) |",
                   "|---|" + "---:|" * (len(METRICS) + 1)]
         for name, d in result["paired"].items():
             cells = [f"{d[m]['diff']:+.3f} [{d[m]['diff_ci'][0]:+.2f}, {d[m]['diff_ci'][1]:+.2f}]"
                      f" p={d[m]['p_value']:.2f}" for m in METRICS]
             lines.append(f"| {name} | " + " | ".join(cells)
-                         + f" | {d['values']['max_abs']:.1e} |")
+                         + f" | {d['values']['max_abs']:.2g} / {d['values']['mean_abs']:.2g} |")
     return "\n".join(lines) + "\n"
 
 
