@@ -122,7 +122,7 @@ def main() -> None:
         fields = JOBS[job]["signals"] if job != jobs[0] else [RETRIEVAL, *JOBS[job]["signals"]]
         result = signal_eval(rows, fields, KS, n_boot=args.n_boot)
         for name in fields:
-            context = "-" if name == RETRIEVAL or job in ("generate",) else JOBS[job]["context"]
+            context = "-" if name == RETRIEVAL or job == "generate" else JOBS[job]["context"]
             table.append({"signal": name, "context": context, **result["signals"][name]})
     paired = {}
     if {"parallel", "concat"} <= set(labelled):

@@ -70,8 +70,8 @@ Document = tuple[str | None, str]
 
 #: Padded tokens per prefill forward by device type. On a CPU a single ~200-token document
 #: already gives the matmuls enough rows, so batching buys nothing and padding costs: one
-#: document per forward measured 0.95x the concatenated path's CPU time, 1024-token batches
-#: 1.04x (docs/benchmarks.md, "Engine vs concatenated scoring"). A GPU needs large batches.
+#: document per forward measured 1.05x the concatenated path's CPU time, 1024-token batches
+#: 1.11x (docs/benchmarks.md, "Engine vs concatenated scoring"). A GPU needs large batches.
 PREFILL_TOKEN_BUDGET = {"cpu": 1, "cuda": 16384}
 
 
@@ -121,8 +121,9 @@ class DocumentEngine:
     Documents are prefilled in length-sorted batches of at most ``prefill_batch_size`` rows and
     ``prefill_token_budget`` padded tokens (None: :data:`PREFILL_TOKEN_BUDGET` for the device,
     one document per forward on a CPU): a fixed batch of 8 HotpotQA paragraphs padded to 1.6x
-    their tokens and made the engine slower than scoring each document's own prompt. ``max_pack_tokens`` bounds how many suffix tokens share one packed row (the attention mask is
-    ``pack × (cache + pack)``); ``eps`` clamps soft masks before the log.
+    their tokens and made the engine slower than scoring each document's own prompt.
+    ``max_pack_tokens`` bounds how many suffix tokens share one packed row (the attention mask
+    is ``pack × (cache + pack)``); ``eps`` clamps soft masks before the log.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, prefill_batch_size: int = 8,
