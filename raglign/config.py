@@ -49,6 +49,7 @@ JOBS: dict[str, str] = {
     "mine": "raglign.pipeline.mine:MineConfig",
     "retrieve": "raglign.pipeline.retrieve:RetrieveConfig",
     "train": "raglign.training_config:TrainConfig",
+    "tune": "raglign.pipeline.tune_config:TuneJobConfig",
 }
 
 C = TypeVar("C", bound=BaseModel)

@@ -418,7 +418,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
                               enabled=cfg.bf16 and device.type == "cuda")
 
     if validation is not None and not history:  # the starting model, once per run
-        metrics = {"step": 0, "epoch": 0.0, "total_steps": total,
+        metrics = {"step": 0, "epoch": 0.0, "total_steps": total, "eval_round": 0,
                    **validate(reranker, validation, rank, world, device)}
         history.append(metrics)
         if rank == 0:
@@ -476,7 +476,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
                    **{k: v / world for k, v in zip(means, mean_values.tolist())}}
         new_best = False
         if validate_now:
-            metrics.update(validate(reranker, validation, rank, world, device))
+            metrics.update(validate(reranker, validation, rank, world, device),
+                           eval_round=sum(validation.attribute in h for h in history))
             new_best = is_new_best(metrics, history, validation.attribute)
         history.append(metrics)
         if rank == 0 and (step % print_every == 0 or validate_now or step == stop_at):
@@ -508,7 +509,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
 @dataclass
 class TrainResult:
     output: Path
-    model_dir: Path
+    model_dir: Path | None  # None: a run that exports nothing (a tune trial)
     step: int
     total_steps: int
     final_loss: float
@@ -602,8 +603,13 @@ def _best_trained(cfg: TrainConfig, result, local: bool) -> tuple[Any, dict] | N
     return max(ranked, key=lambda cm: cm[1][attribute]) if ranked else None
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Run (or resume) the training job and export ``OUTPUT/model``, metrics and loss curve."""
+def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True) -> TrainResult:
+    """Run (or resume) the training job and export ``OUTPUT/model``, metrics and loss curve.
+
+    ``callbacks`` go to Ray Train's ``RunConfig`` (a tune trial passes ``TuneReportCallback``);
+    ``export=False`` leaves the model in its checkpoint (a sweep exports none of its trials: the
+    best one's recipe and checkpoint are in the sweep's ``best.json``).
+    """
     from raglign.pipeline.train_export import (choose_export, export_model, model_card,
                                                plot_loss_curve, slim_checkpoints)
     from raglign.pipeline.train_validation import held_out, load_validation
@@ -626,7 +632,7 @@ def train(cfg: TrainConfig) -> TrainResult:
 
     local = cfg.num_workers == 0
     # Local mode needs no Ray cluster: the loop runs here and gets the table itself.
-    with contextlib.nullcontext() if local else ray_session(cfg.ray):
+    with contextlib.nullcontext() if local else ray_session(cfg.ray, log_dir=out):
         import ray
         import ray.train
         from ray.train.torch import TorchTrainer
@@ -642,6 +648,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 name=cfg.run_name, storage_path=cfg.storage,
                 checkpoint_config=_checkpoint_config(cfg),
                 failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+                callbacks=list(callbacks),
                 worker_runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}),
         )
         try:
@@ -660,9 +667,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     total = history[-1]["total_steps"] if history else step
     best = _best_trained(cfg, result, local)
     choice = choose_export(cfg, history, result.checkpoint, step, best)
-    export_model(cfg, choice.checkpoint, out / "model", model_card(
-        cfg, provenance, table.num_rows, step, total, history, choice,
-        validation.describe() if validation else None))
+    if export:
+        export_model(cfg, choice.checkpoint, out / "model", model_card(
+            cfg, provenance, table.num_rows, step, total, history, choice,
+            validation.describe() if validation else None))
     print(f"[raglign train] {choice.note}", flush=True)
     if local:  # the loop's own temporary directories, nothing of Ray's
         for kept in {result.checkpoint.path, best[0].path if best else None} - {None}:
@@ -689,7 +697,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                              if k.startswith("val_")},
                   "exported": {k: v for h in history if h["step"] == choice.step
                                for k, v in h.items() if k.startswith("val_")}}
-    train_result = TrainResult(out, out / "model", step, total,
+    train_result = TrainResult(out, out / "model" if export else None, step, total,
                                losses[-1] if losses else float("nan"),
                                None if local else result.checkpoint.path, choice.step,
                                choice.kind, choice.note, scores, round(freed / 2**20, 1))

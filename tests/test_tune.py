@@ -1,0 +1,278 @@
+"""``raglign tune``: the search space reaches each trial's recipe exactly, bad input fails before
+any trial, a sweep reads the labels once and never changes them, its validation numbers are
+``raglign eval``'s, ASHA stops trials on the validation rounds, and a sweep whose driver was
+killed resumes without re-running its finished trials.
+
+Trials train the tiny dropout-free BERT of tests/test_train.py on the keyword task of
+tests/test_train_validation.py, mined from labelled rows whose ``answer_logprob`` favours the
+gold document and whose retrieval ``score`` is noise, so mining's ``alpha`` changes the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from raglign.config import validate
+from raglign.data.io import write_rows
+from raglign.errors import ConfigError
+from raglign.pipeline.tune import _finished_trials, check_fits
+from raglign.pipeline.tune_config import TuneJobConfig
+from test_train import tiny_bert_dir  # noqa: F401 (fixture: the dropout-free BERT)
+from test_train_validation import _canonical
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> str:
+    """Labelled rows as `raglign label` writes them: candidates with a signal and a score."""
+    rng = random.Random(3)
+    rows = _canonical("q", 64, 0)
+    for row in rows:
+        for c in row["candidates"]:
+            c["score"] = rng.uniform(0, 1)
+            c["answer_logprob"] = (-0.5 if c["is_gold"] else -4.0) + rng.uniform(-0.2, 0.2)
+    path = tmp_path_factory.mktemp("labelled")
+    write_rows(rows, path)
+    return str(path)
+
+
+def _train(model: str, data: str = "unused", **kw) -> dict:
+    return {"job": "train", "data": data, "output": "unused", "model": model, "batch_size": 8,
+            "epochs": 1, "max_length": 32, "num_workers": 1, "warmup_ratio": 0.0,
+            "validation": {"fraction": 0.25}, "eval_every": 2, "lr": 1e-2, **kw}
+
+
+def _mine(labelled: str) -> dict:
+    return {"job": "mine", "input": labelled, "signal": "answer_logprob", "n": 2, "m": 3}
+
+
+def _job(tmp_path, model, labelled, **kw) -> TuneJobConfig:
+    fields = {"train": _train(model), "mine": _mine(labelled), "output": str(tmp_path / "sweep"),
+              "param_space": {"mine.alpha": {"grid": [0.0, 1.0]}}} | kw
+    return TuneJobConfig(**fields)
+
+
+def _digest(path: str) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in Path(path).iterdir()}
+
+
+# --- the recipe a trial runs ---------------------------------------------------------------
+
+def test_param_space_reaches_the_trial_recipe_exactly(tmp_path, labelled):
+    job = _job(tmp_path, "minilm-l6", labelled, param_space={
+        "mine.alpha": {"uniform": [0.0, 1.0]}, "train.lr": {"loguniform": [1e-5, 1e-3]},
+        "train.validation.metric": {"choice": ["mrr", "ndcg@5"]},
+        "train.epochs": {"randint": [1, 4]}})
+    values = {"mine.alpha": 0.3, "train.lr": 2.5e-4, "train.validation.metric": "ndcg@5",
+              "train.epochs": 3}
+    train, mine = job.recipes(values, trial_dir=str(tmp_path / "trials" / "t1"),
+                              mined_dir=str(tmp_path / "mined" / "abc"))
+    assert (train.lr, train.validation.metric, train.epochs) == (2.5e-4, "ndcg@5", 3)
+    assert train.validation.fraction == 0.25 and train.batch_size == 8  # the rest: the base
+    assert mine.alpha == 0.3 and mine.output == train.data == str(tmp_path / "mined" / "abc")
+    assert (train.output, train.run_name) == (str(tmp_path / "trials" / "t1"), "t1")
+    assert job.score_metric == "val_mrr" and job.grid_size() == 1
+
+
+def test_a_base_recipe_file_and_set_overrides(tmp_path, labelled):
+    from raglign.cli.tune import load_tune_job, parse_sets
+
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(_train("minilm-l6")))
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump({
+        "job": "tune", "train": str(tmp_path / "train.yaml"), "mine": _mine(labelled),
+        "output": str(tmp_path / "sweep"), "param_space": {"train.lr": {"grid": [1e-3, 1e-2]}}}))
+    job = load_tune_job(str(tmp_path / "tune.yaml"), parse_sets(
+        ["train.epochs=3", "num_samples=2", "param_space.mine.alpha={grid: [0, 0.5, 1]}"]))
+    assert job.recipes({})[0].epochs == 3 and job.num_samples == 2
+    assert job.grid_size() == 2 * 3 * 2
+    resolved = job.resolved()  # inline and absolute: what a trial on any node reads
+    assert resolved.train["epochs"] == 3 and Path(resolved.mine["input"]).is_absolute()
+
+
+BAD = [
+    ({"param_space": {"train.lrr": {"grid": [1e-3]}}}, r"train.lrr.*did you mean `lr`"),
+    ({"param_space": {"train.lr": {"grid": [1e-3, 0]}}}, r"train.lr=0.*lr: Input should be "
+                                                         r"greater than 0"),
+    ({"param_space": {"train.lr": {"uniform": [0.0, 1e-3]}}}, r"train.lr=0.0.*greater than 0"),
+    ({"param_space": {"train.gumble.tau": {"grid": [0.5]}}}, r"did you mean `gumbel`"),
+    ({"param_space": {"mine.alpha": {"grid": [0.5, 2.0]}}}, r"mine.alpha=2.0.*alpha"),
+    ({"param_space": {}}, "param_space is empty"),
+    ({"param_space": {"train.lr": {"grid": []}}}, "grid is empty"),
+    ({"param_space": {"train.lr": {"uniform": [1e-3, 1e-4]}}}, "low < high"),
+    ({"param_space": {"train.lr": {"grid": [1e-3], "choice": [1e-4]}}}, "exactly one of"),
+    ({"metric": "val_mmr"}, r"metric 'val_mmr' is not one training reports.*val_mrr"),
+    ({"search": {"algorithm": "optuna"}}, "Optuna samples, it does not enumerate"),
+    ({"param_space": {"train.lr": {"choice": [1e-3]}}, "search": {"algorithm": "grid"}},
+     "grid takes grid entries only"),
+    ({"param_space": {"train.output": {"grid": ["a"]}}}, "each trial sets those"),
+    ({"param_space": {"lr": {"grid": [1e-3]}}}, r"sweep train.<key> or mine.<key>"),
+]
+
+
+@pytest.mark.parametrize("change,match", BAD)
+def test_bad_input_names_the_key_before_any_trial(tmp_path, labelled, change, match):
+    """As `raglign tune --config` reports it: one ConfigError naming the key or value."""
+    fields = {"job": "tune", "train": _train("minilm-l6"), "mine": _mine(labelled),
+              "output": str(tmp_path / "sweep"),
+              "param_space": {"mine.alpha": {"grid": [0.0, 1.0]}}} | change
+    with pytest.raises(ConfigError) as error:
+        validate(TuneJobConfig, fields, "tune.yaml")
+    assert re.search(match, str(error.value), re.S), str(error.value)
+
+
+def test_a_base_recipe_without_validation_or_on_local_mode_is_rejected(tmp_path, labelled):
+    train = _train("minilm-l6")
+    del train["validation"], train["eval_every"]
+    with pytest.raises(ValueError, match="no validation block"):
+        _job(tmp_path, "minilm-l6", labelled, train=train)
+    with pytest.raises(ValueError, match="num_workers >= 1"):
+        _job(tmp_path, "minilm-l6", labelled, train=_train("minilm-l6", num_workers=0,
+                                                           batch_size=8))
+
+
+def test_trial_resources_are_checked_against_the_nodes(tmp_path, labelled):
+    nodes = [{"CPU": 4.0, "memory": 1e9}, {"CPU": 2.0, "memory": 1e9}]
+    job = _job(tmp_path, "minilm-l6", labelled, train=_train("minilm-l6", cpus_per_worker=2))
+    assert check_fits(job, nodes) == 3  # a trial: 1 worker x 2 CPUs; 6 CPUs hold 3 ...
+    job = _job(tmp_path, "minilm-l6", labelled, train=_train("minilm-l6", cpus_per_worker=2),
+               param_space={"train.num_workers": {"grid": [1, 2]}})
+    assert check_fits(job, nodes) == 1  # ... but the largest trial takes 2 x 2 of 6
+    big = _job(tmp_path, "minilm-l6", labelled, param_space={
+        "train.cpus_per_worker": {"grid": [1, 8]}})
+    with pytest.raises(ConfigError, match=r"worker asks for 8 CPU, more than any node has "
+                                          r"\(largest: 4 CPU\)"):
+        check_fits(big, nodes)
+    wide = _job(tmp_path, "minilm-l6", labelled, train=_train("minilm-l6", num_workers=8))
+    with pytest.raises(ConfigError, match=r"a trial asks for 8 CPU.*more than the cluster's "
+                                          r"6 CPU"):
+        check_fits(wide, nodes)
+    gpu = _job(tmp_path, "minilm-l6", labelled, train=_train("minilm-l6", use_gpu=True))
+    with pytest.raises(ConfigError, match="1 GPU"):
+        check_fits(gpu, nodes)
+
+
+# --- sweeps on Ray -------------------------------------------------------------------------
+
+def test_a_sweep_mines_each_configuration_once_and_its_numbers_are_raglign_evals(
+        tmp_path, ray_local, labelled, tiny_bert_dir):
+    """Two mining configurations x two learning rates; 4 trials, 2 mined directories, the labels
+    untouched, and each trial's validation at its best step equal to `raglign eval` of that
+    checkpoint on the same held-out questions."""
+    from raglign.models.rerankers import load_reranker
+    from raglign.pipeline.evaluate import EvalConfig, evaluate
+    from raglign.pipeline.train import build_reranker
+    from raglign.pipeline.train_validation import held_out, load_validation
+    from raglign.pipeline.tune import run_tune
+
+    before = _digest(labelled)
+    job = _job(tmp_path, tiny_bert_dir, labelled,
+               train=_train(tiny_bert_dir, max_steps=4),
+               param_space={"mine.alpha": {"grid": [0.0, 1.0]},
+                            "train.lr": {"grid": [1e-2, 1e-4]}})
+    lines = []
+    summary = run_tune(job, progress=lines.append)
+    out = tmp_path / "sweep"
+    assert _digest(labelled) == before  # read, never rewritten
+    mined = sorted(p for p in (out / "mined").iterdir() if p.is_dir())
+    assert len(mined) == 2
+    alphas = {json.loads((p / "_summary.json").read_text())["config"]["alpha"]: p for p in mined}
+    assert set(alphas) == {0.0, 1.0}
+
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == summary["trials"] == 4 and set(results["status"]) == {"finished"}
+    assert sum("[raglign tune] trial " in line for line in lines) == 4
+    for _, row in results.iterrows():
+        trial = yaml.safe_load((out / "trials" / row["trial_id"] / "train_config.yaml").read_text())
+        assert trial["lr"] == row["train.lr"]
+        assert trial["data"] == str(alphas[row["mine.alpha"]])  # its own mining, shared
+        history = [json.loads(line) for line in (out / "trials" / row["trial_id"] /
+                                                 "metrics.jsonl").read_text().splitlines()]
+        rounds = [(h["step"], h["eval_round"]) for h in history if "val_mrr" in h]
+        assert rounds == [(0, 0), (2, 1), (4, 2)]  # ASHA's time unit: one per validation
+    best = json.loads((out / "best.json").read_text())
+    top = results.sort_values("best_val_mrr", ascending=False).iloc[0]
+    assert best["value"] == top["best_val_mrr"] and best["trial_id"] == top["trial_id"]
+    assert (out / "best_train.yaml").read_text().count("lr: ") == 1
+    assert all((out / name).stat().st_size > 0 for name in ("report.md", "curves.png",
+                                                            "metric_vs_params.png"))
+
+    # The best step's checkpoint, evaluated by `raglign eval` on the held-out questions.
+    trial_cfg = TuneJobConfig.model_validate(json.loads(json.dumps(
+        job.resolved().model_dump(mode="json")))).recipes(
+            best["values"], trial_dir=str(out / "trials" / best["trial_id"]),
+            mined_dir=best["recipe"]["data"])[0]
+    validation = load_validation(trial_cfg, [], held_out(trial_cfg))
+    model = build_reranker(trial_cfg)
+    model.load_state_dict(torch.load(Path(best["checkpoint"]) / "model.pt"))
+    model.save(tmp_path / "best_model")
+    write_rows(validation.rows, tmp_path / "val_rows")
+    report = evaluate(EvalConfig(data=str(tmp_path / "val_rows"), output=str(tmp_path / "e.json"),
+                                 reranker=str(tmp_path / "best_model"), reranker_kind="cross"))
+    assert report["mrr"] == pytest.approx(best["value"], abs=1e-12)
+    assert load_reranker(str(tmp_path / "best_model"), kind="cross").kind == "cross"
+
+
+def test_asha_judges_trials_by_validation_rounds(tmp_path, labelled):
+    """ASHA's time unit is the train loop's `eval_round` (checked against a real run in the
+    sweep test above), its rungs in validations."""
+    from raglign.pipeline.tune import _scheduler
+
+    job = _job(tmp_path, "minilm-l6", labelled, scheduler={
+        "name": "asha", "grace_period": 2, "reduction_factor": 3, "max_t": 9})
+    asha = _scheduler(job)
+    assert (asha._time_attr, asha._max_t) == ("eval_round", 9)
+    assert sorted(m for m, _ in asha._brackets[0]._rungs) == [2, 6]  # 2 x 3^k below 9
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, ray_local, labelled,
+                                                                tiny_bert_dir):
+    """SIGKILL `raglign tune` when its first trial has finished, re-run the same command: the
+    finished trial is not re-run (its files untouched), the other completes, two in all."""
+    from raglign.pipeline.tune import run_tune
+
+    out = tmp_path / "sweep"
+    recipe = tmp_path / "tune.yaml"
+    job = _job(tmp_path, tiny_bert_dir, labelled, param_space={"train.lr": {"grid": [1e-2, 1e-3]}},
+               max_concurrent_trials=1)
+    recipe.write_text(json.dumps(job.model_dump(mode="json")))
+    address = ray_local.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "raglign", "tune", "--config", str(recipe), "--address", address]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        # Killed once Tune's saved experiment state records a finished trial.
+        while not (out / "ray" / "tune").is_dir() or not _finished_trials(str(out / "ray" / "tune")):
+            assert proc.poll() is None, "the sweep ended before its first trial finished"
+            assert time.monotonic() < deadline, "no trial finished within 300 s"
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = list(out.glob("trials/*/train_result.json"))
+    assert len(first) == 1, "both trials finished before the kill: nothing to resume"
+    stamp = {p: p.stat().st_mtime_ns for p in first[0].parent.iterdir()}
+    lines = []
+    summary = run_tune(job, progress=lines.append)
+    assert "1 of 2 trials already finished" in lines[0]
+    assert [line for line in lines if "[raglign tune] trial " in line][0].startswith(
+        "[raglign tune] trial 2/2")
+    assert summary["trials"] == 2 and summary["errors"] == 0
+    assert {p: p.stat().st_mtime_ns for p in first[0].parent.iterdir()} == stamp
+    assert len(list(out.glob("trials/*/train_result.json"))) == 2
