@@ -276,3 +276,38 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, ray_
     assert summary["trials"] == 2 and summary["errors"] == 0
     assert {p: p.stat().st_mtime_ns for p in first[0].parent.iterdir()} == stamp
     assert len(list(out.glob("trials/*/train_result.json"))) == 2
+
+
+# --- the recipes ---------------------------------------------------------------------------
+
+def _laptop_sets(recipe: Path) -> list[str]:
+    """The `--set` pairs of the laptop command a recipe's comment gives."""
+    import shlex
+
+    lines = [line.lstrip("# ") for line in recipe.read_text().splitlines() if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("raglign tune --config"))
+    command = []
+    for line in lines[start:]:
+        command.append(line.removesuffix("\\"))
+        if not line.endswith("\\"):
+            break
+    words = shlex.split(" ".join(command))
+    return [words[i + 1] for i, w in enumerate(words) if w == "--set"]
+
+
+@pytest.mark.parametrize("name", ["tune_radio_alpha_hotpotqa", "tune_pdist_temperature_hotpotqa",
+                                  "tune_grerank_hotpotqa", "tune_rrpo_hotpotqa"])
+def test_recipes_load_as_written_and_with_their_laptop_settings(monkeypatch, name):
+    """As written (cluster-sized) and with the `--set` line their comment gives for a laptop,
+    which must fit a 2-CPU machine without a GPU."""
+    from raglign.cli.tune import load_tune_job, parse_sets
+    from raglign.config import load_job
+
+    monkeypatch.chdir(REPO)  # recipes name their base recipes and data relative to the repo
+    recipe = REPO / "jobs" / f"{name}.yaml"
+    job = load_job(recipe)
+    assert isinstance(job, TuneJobConfig) and job.score_metric.startswith("val_")
+    sets = _laptop_sets(recipe)
+    laptop = load_tune_job(str(recipe), parse_sets(sets))
+    assert check_fits(laptop, [{"CPU": 2.0, "memory": 8e9}]) >= 1
+    assert laptop.grid_size() < job.grid_size()

@@ -206,8 +206,10 @@ class TuneJobConfig(JobConfig):
         for key, value in values.items():
             step, rest = key.split(".", 1)
             set_dotted(train if step == "train" else mine[0], rest, value)
+        # Where a trial writes is the job's: a base recipe needs no output of its own.
+        train.update(output=trial_dir or "(per trial)")
         if trial_dir is not None:
-            train.update(output=trial_dir, run_name=Path(trial_dir).name)
+            train["run_name"] = Path(trial_dir).name
         if mine is not None:  # the mined data is per mining configuration (the job's)
             mine[0]["output"] = train["data"] = mined_dir or "(per mining configuration)"
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())
