@@ -147,17 +147,28 @@ def job_class(name: str) -> type[JobConfig]:
 
 
 def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Load a job YAML (its ``job:`` key picks the config class), apply overrides, validate."""
+    """Load a job YAML (its ``job:`` key picks the config class), apply dotted overrides,
+    validate; the command line's merge, which also checks the job, is
+    :func:`raglign.cli.recipe.load_recipe`."""
     data = read_yaml(path)
     if "job" not in data:
         raise ConfigError(f"{path}: missing top-level key 'job' (one of {', '.join(sorted(JOBS))})")
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        set_dotted(data, dotted, value)
     return validate(job_class(data["job"]), data, str(path))
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``data["a"]["b"] = value`` for ``"a.b"``: one override of a recipe. Mappings on the way
+    are copied (a recipe shared with another config is not changed) and created where missing
+    or not a mapping (``validation: null`` in the recipe, ``validation.fraction`` overridden)."""
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        node[part] = child = dict(child) if isinstance(child, dict) else {}
+        node = child
+    node[leaf] = value
 
 
 def dump_yaml(config: BaseModel) -> str:

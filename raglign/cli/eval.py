@@ -4,24 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from raglign.cli.recipe import add_recipe_args, job_config
+
 
 def _eval(args) -> int:
-    from raglign.config import load_job, validate
-    from raglign.pipeline.evaluate import EvalConfig, evaluate
+    from raglign.pipeline.evaluate import evaluate
 
-    if args.config:
-        cfg = load_job(args.config)
-    else:
-        if not args.data or not args.output:
-            raise SystemExit("raglign eval: DATA_DIR and --output are required without --config")
-        fields = {k: getattr(args, k) for k in (
-            "data", "output", "reranker", "reranker_kind", "rank_by", "generator", "k", "k1",
-            "max_new_tokens", "dtype", "limit", "split", "category_key", "actors", "batch_size",
-            "name") if getattr(args, k) is not None}
-        if args.address:
-            fields["ray"] = {"address": args.address}
-        cfg = validate(EvalConfig, {"job": "eval", **fields}, "command line")
-    evaluate(cfg)
+    evaluate(job_config(args))
     return 0
 
 
@@ -44,7 +33,8 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="rank candidates with a reranker (or a signal) and evaluate "
                        "retrieval metrics and, with --generator, end-to-end QA")
     p.add_argument("data", nargs="?", help="canonical dataset directory (rows with candidates)")
-    p.add_argument("--config", help="an eval job YAML instead of flags")
+    add_recipe_args(p, "eval", example="ks=[1,5,10]", nested={"address": "ray.address"},
+                    needs={"data": "data", "output": "--output"})
     p.add_argument("--output", help="report JSON path (a .rows.parquet and .md go beside it)")
     p.add_argument("--reranker", help="reranker name or path; 'none' keeps the retrieval order, "
                    "'oracle' puts the gold documents first (the ceiling of any reranker)")

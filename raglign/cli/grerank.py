@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import json
 
+from raglign.cli.recipe import Recipe, flag_values, load_recipe
 from raglign.errors import ConfigError
 
 BASELINE_SIGNALS = ["answer_logprob", "attention", "loo_logprob"]
+# mine-weights is a label job whose flags (--generator, --limit, --address …) mean what
+# `raglign label`'s do.
+LABEL = Recipe("label", {"address": "ray.address"})
 _OPTION_FLAGS = ("steps", "lr", "k", "tau", "kappa", "samples", "seed", "init", "init_std")
 
 
@@ -42,19 +46,12 @@ def _ks(text: str) -> list[int]:
 
 def _mine(args) -> int:
     from raglign.gumbel.report import to_markdown, write_mining_report
-    from raglign.pipeline.label import load_label_config, run_label
+    from raglign.pipeline.label import run_label
 
     signals = ["gumbel_weight"] + (BASELINE_SIGNALS if args.baselines else [])
-    fields = {"input": args.data, "output": args.out, "generator": args.generator,
-              "signals": signals, "gumbel": _options(args), "loo": {"k": args.loo_k},
-              "context": "parallel"}
-    for f in ("limit", "shard_rows", "batch_size", "actors", "dtype", "device", "torch_threads",
-              "cpus_per_actor", "answer_alias"):
-        if getattr(args, f) is not None:
-            fields[f] = getattr(args, f)
-    if args.address:
-        fields["ray"] = {"address": args.address}
-    run_label(load_label_config(**fields))
+    fields = {"input": args.data, "output": args.out, "signals": signals,
+              "gumbel": _options(args), "loo": {"k": args.loo_k}, "context": "parallel"}
+    run_label(load_recipe("label", flags={**fields, **flag_values(args, LABEL)}))
     report = write_mining_report(args.out, signals, _ks(args.ks))
     print(to_markdown(report), end="")
     return 0

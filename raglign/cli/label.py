@@ -5,47 +5,18 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
-from raglign.errors import ConfigError
-
-# flag → LabelConfig field, for flags that override a YAML recipe or build a config alone.
-_FLAGS = ("generator", "encoder", "context", "dtype", "device", "limit", "actors", "batch_size",
-          "shard_rows", "backend", "answer_alias", "cpus_per_actor", "gpus_per_actor",
-          "torch_threads")
+from raglign.cli.recipe import add_recipe_args, job_config
 
 
-def _overrides(pairs: list[str] | None) -> dict:
-    out = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE, e.g. rationale.alpha=0.3")
-        out[key] = yaml.safe_load(value)
-    return out
+def _signals(text: str) -> list[str]:
+    """``--signals rationale_score,answer_logprob`` as the list a recipe's ``signals:`` holds."""
+    return [s.strip() for s in text.split(",") if s.strip()]
 
 
 def _label(args) -> int:
-    from raglign.pipeline.label import load_label_config, run_label
+    from raglign.pipeline.label import run_label
 
-    fields = {f: getattr(args, f) for f in _FLAGS if getattr(args, f) is not None}
-    if args.signals:
-        fields["signals"] = [s.strip() for s in args.signals.split(",") if s.strip()]
-    if args.input_dir:
-        fields["input"] = args.input_dir
-    if args.output_dir:
-        fields["output"] = args.output_dir
-    if args.address:
-        fields["ray.address"] = args.address
-    if args.config:
-        cfg = load_label_config(args.config, {**fields, **_overrides(args.set)})
-    else:
-        if args.set:
-            raise ConfigError("--set needs --config (use the flags without a recipe)")
-        if "ray.address" in fields:
-            fields["ray"] = {"address": fields.pop("ray.address")}
-        cfg = load_label_config(**fields)
-    run_label(cfg)
+    run_label(job_config(args))
     return 0
 
 
@@ -63,13 +34,14 @@ def register(sub) -> None:
     p = sub.add_parser("label", help="label every candidate with LLM-feedback signals (Ray Data)",
                        description="Label candidates with LLM signals; resumable: re-run the same "
                        "command to finish an interrupted job.")
-    p.add_argument("input_dir", nargs="?", help="canonical Parquet rows with candidates")
-    p.add_argument("output_dir", nargs="?", help="where part-*.parquet, _summary.json go")
-    p.add_argument("--config", help="a label job YAML (jobs/label_*.yaml); flags override it")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a recipe field, dotted (rationale.alpha=0.3); repeatable")
-    p.add_argument("--signals", help="comma-separated: rationale_score, answer_logprob, "
-                   "loo_logprob, attention, judge, answer_quality, dpa")
+    p.add_argument("input", nargs="?", metavar="input_dir",
+                   help="canonical Parquet rows with candidates")
+    p.add_argument("output", nargs="?", metavar="output_dir",
+                   help="where part-*.parquet, _summary.json go")
+    add_recipe_args(p, "label", example="rationale.alpha=0.3", nested={"address": "ray.address"},
+                    needs={"input": "input_dir", "output": "output_dir"})
+    p.add_argument("--signals", type=_signals, help="comma-separated: rationale_score, "
+                   "answer_logprob, loo_logprob, attention, judge, answer_quality, dpa")
     p.add_argument("--generator", help="LLM: packaged short name, local dir, .gguf or hub id")
     p.add_argument("--encoder", help="sentence encoder for rationale_score (default minilm-l6)")
     p.add_argument("--context", choices=["parallel", "concat"])

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-# CLI flag → RetrieveConfig field, for the flags that map one to one.
-_FIELDS = ("k", "encoder", "index", "max_length", "dtype", "query_prefix", "doc_prefix",
-           "actors", "batch_size", "cpus_per_actor", "gpus_per_actor", "ivf_nlist", "ivf_nprobe",
-           "hnsw_m", "hnsw_ef_search", "limit")
+from raglign.cli.recipe import add_recipe_args, job_config
 
 
 def _retrieve(args) -> int:
-    from raglign.config import load_job, validate
-    from raglign.pipeline.retrieve import RetrieveConfig, retrieve
+    from raglign.pipeline.retrieve import retrieve
 
-    fields = {f: getattr(args, f) for f in _FIELDS if getattr(args, f) is not None}
-    for name in ("queries", "corpus", "output"):
-        if getattr(args, name) is not None:
-            fields[name] = getattr(args, name)
-    if args.bm25:
-        fields["method"] = "bm25"
-    if args.address:
-        fields["ray.address"] = args.address
-    if args.config:
-        cfg = load_job(args.config, overrides=fields)
-        if not isinstance(cfg, RetrieveConfig):
-            raise SystemExit(f"raglign retrieve: {args.config} is a '{cfg.job}' job, "
-                             "not 'retrieve'")
-    else:
-        if not (args.queries and args.corpus and args.output):
-            raise SystemExit("raglign retrieve: QUERIES_DIR CORPUS_DIR OUTPUT_DIR are required "
-                             "without --config")
-        if "ray.address" in fields:
-            fields["ray"] = {"address": fields.pop("ray.address")}
-        cfg = validate(RetrieveConfig, {"job": "retrieve", **fields}, "command line")
-    retrieve(cfg)
+    retrieve(job_config(args))
     return 0
 
 
@@ -42,16 +18,18 @@ def register(sub) -> None:
         description="Embeds corpus and queries with an encoder in a Ray Data actor pool and "
         "searches a faiss index (or ranks with BM25); writes canonical rows whose candidates are "
         "the retrieved passages, is_gold filled from the input's gold passages. Flags override "
-        "the values of --config.")
+        "--set, which overrides the values of --config.")
     p.add_argument("queries", nargs="?", help="canonical query rows (Parquet dir)")
     p.add_argument("corpus", nargs="?", help="corpus Parquet dir (doc_id, title, text)")
     p.add_argument("output", nargs="?", help="output dir (rows, _summary.json, _cache/)")
-    p.add_argument("--config", help="a retrieve job YAML (positional paths then optional)")
+    add_recipe_args(p, "retrieve", example="bm25_k1=1.2", nested={"address": "ray.address"},
+                    needs={"queries": "queries", "corpus": "corpus", "output": "output"})
     p.add_argument("--k", type=int, help="passages per query (default 20)")
     method = p.add_mutually_exclusive_group()
     method.add_argument("--encoder", help="dense encoder: short name, dir or hub id "
                         "(default minilm-l6)")
-    method.add_argument("--bm25", action="store_true", help="BM25 (bm25s) instead of dense")
+    method.add_argument("--bm25", dest="method", action="store_const", const="bm25",
+                        help="BM25 (bm25s) instead of dense")
     p.add_argument("--index", choices=["flat", "ivf", "hnsw"], help="faiss index (default flat)")
     p.add_argument("--ivf-nlist", type=int)
     p.add_argument("--ivf-nprobe", type=int)

@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
+from raglign.cli.recipe import add_recipe_args, job_config
+
 # Flags that set a field of a nested block: flag destination -> dotted config key.
 NESTED_FLAGS = {"address": "ray.address", "validation_data": "validation.data",
                 "validation_fraction": "validation.fraction",
                 "validation_metric": "validation.metric"}
 
 
-def _nest(fields: dict) -> dict:
-    """``{"validation.data": d}`` -> ``{"validation": {"data": d}}`` (a job without a YAML)."""
-    out: dict = {}
-    for key, value in fields.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
-
-
 def _train(args) -> int:
-    from raglign.config import load_job, validate
     from raglign.pipeline.train import train
-    from raglign.training_config import TrainConfig
 
-    fields = {k: v for k, v in vars(args).items()
-              if k in TrainConfig.model_fields and k not in ("job", "ray") and v is not None}
-    fields.update({key: getattr(args, flag) for flag, key in NESTED_FLAGS.items()
-                   if getattr(args, flag) is not None})
-    if args.config:
-        cfg = load_job(args.config, fields)
-    else:
-        cfg = validate(TrainConfig, {"job": "train", **_nest(fields)}, "command line")
-    result = train(cfg)
+    result = train(job_config(args))
     print(f"trained {result.step}/{result.total_steps} steps, final loss {result.final_loss:.4f}")
     if result.export == "base":
         print("model: the STARTING model, unchanged (no trained step beat it on validation)")
@@ -53,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("data", nargs="?", help="groups or soft-target rows (raglign mine output); "
                                            "canonical rows with candidates for gumbel and rrpo")
     p.add_argument("output", nargs="?", help="run directory: model/, metrics.jsonl, loss_curve.png")
-    p.add_argument("--config", help="a train job YAML (jobs/train_*.yaml); flags override it")
+    add_recipe_args(p, "train", example="gumbel.tau=0.5", nested=NESTED_FLAGS,
+                    needs={"data": "data", "output": "output"})
     p.add_argument("--model", help="base reranker: short name, directory or hub id (minilm-l6)")
     p.add_argument("--kind", choices=["cross", "bi"], help="cross-encoder (default) or bi-encoder")
     p.add_argument("--objective", choices=list(OBJECTIVE_NAMES),
