@@ -34,26 +34,51 @@ This module imports no torch or Ray, so ``raglign --help`` and config validation
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from raglign.config import JobConfig, StrictModel
+from raglign.gumbel.options import GumbelMaskOptions
 
 # Fields that may change between a run and its resumption: they affect where and how fast the
 # job runs, not what it computes (the update is defined over global batches, see above).
 RESUMABLE_FIELDS = frozenset({"ray", "num_workers", "use_gpu", "cpus_per_worker", "max_steps",
                               "max_failures", "log_every", "checkpoint_every", "keep_checkpoints",
                               "eval_every"})
-# Names of raglign.objectives.OBJECTIVES (losses of the reranker's scores and one per-document
-# field of mined rows), repeated here to keep torch out of config validation; tests/test_train.py
-# checks the two stay equal.
-SCORE_OBJECTIVES = ("infonce", "supervised", "kl", "replug", "emdr")
-# Objectives whose loss runs a frozen generator over the candidates (raglign.pipeline.train_gumbel,
-# raglign.pipeline.train_rrpo).
-LM_OBJECTIVES = ("gumbel", "rrpo")
-OBJECTIVE_NAMES = SCORE_OBJECTIVES + LM_OBJECTIVES
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A training objective as config validation and the job's driver see it: where its loss
+    is and which rows it reads, as plain strings, so that neither imports torch."""
+
+    loss: str  # "module:Class" of its raglign.training.loss.Loss, imported where it runs
+    rows: str  # "canonical" (question, answers, candidates), or the per-document field of
+    # mined rows it is trained from: "labels", "target" or "lm_logprob" (`raglign mine`)
+
+
+# The objectives of ``raglign train``. Adding one is a module in raglign/training/losses/ (a Loss
+# subclass) and one line here; the names, the rows the driver loads and the loss every worker
+# builds all come from this table.
+OBJECTIVES = {
+    "infonce": Objective("raglign.training.losses.score:InfoNCE", "labels"),
+    "supervised": Objective("raglign.training.losses.score:Supervised", "labels"),
+    "kl": Objective("raglign.training.losses.score:KL", "target"),
+    "replug": Objective("raglign.training.losses.score:Replug", "lm_logprob"),
+    "emdr": Objective("raglign.training.losses.score:EMDR", "lm_logprob"),
+    "gumbel": Objective("raglign.training.losses.gumbel:GumbelLoss", "canonical"),
+    "rrpo": Objective("raglign.training.losses.rrpo:RRPOLoss", "canonical"),
+}
+OBJECTIVE_NAMES = tuple(OBJECTIVES)
+# Losses of the reranker's scores against one per-document value of mined rows.
+SCORE_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.rows != "canonical")
+# Objectives trained on canonical rows; each runs a frozen generator over the candidates and
+# has its settings in the config block of its name (``gumbel:``, ``rrpo:``).
+LM_OBJECTIVES = tuple(n for n, o in OBJECTIVES.items() if o.rows == "canonical")
+
 # InfoNCE's temperature when none is given: cross-encoder logits are used as they are (tau = 1,
 # FlagEmbedding's reranker recipe); cosine scores in [-1, 1] need a sharp tau (FlagEmbedding's
 # embedder default 0.02) or the softmax over a group stays nearly uniform.
@@ -65,8 +90,9 @@ VALIDATION_METRICS = (*(f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("recall", "
                       "mrr", "indirect_recall@5")
 
 
-class GumbelOptions(StrictModel):
-    """G-Rerank's Algorithm 1 (paper: tau 0.5, kappa 1.0, k = the generator's k2 = 5, n = k1 = 20).
+class GumbelOptions(GumbelMaskOptions):
+    """G-Rerank's Algorithm 1: the mask (k, tau, kappa, noise, samples; paper: tau 0.5, kappa
+    1.0, k = the generator's k2 = 5) over the scores of the first n = k1 = 20 candidates.
 
     ``dtype: auto`` loads the frozen generator in bfloat16 where the device supports it (CUDA
     with bf16, or CPU), float16 on older GPUs; it only runs forward passes, so bf16 halves its
@@ -76,13 +102,13 @@ class GumbelOptions(StrictModel):
     generator: str = Field("smollm2-135m", description="frozen LLM: packaged name, dir or hub id")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     n: PositiveInt = Field(20, description="candidates per question (the first n; fewer if absent)")
-    k: PositiveInt = Field(5, description="subset size of the relaxed top-k mask")
-    tau: float = Field(0.5, gt=0)
-    kappa: float = Field(1.0, gt=0)
-    noise: bool = Field(True, description="False is the paper's 'w/o Gumbel' ablation")
-    samples: PositiveInt = Field(1, description="Gumbel masks averaged per query (1 = paper)")
     answer_alias: Literal["best", "first"] = Field(
         "best", description="which gold alias the loss scores (raglign.signals.base.pick_answer)")
+
+    @property
+    def min_candidates(self) -> int:
+        """A row needs one candidate for the mask to choose from."""
+        return 1
 
 
 class RRPOOptions(StrictModel):
@@ -109,6 +135,11 @@ class RRPOOptions(StrictModel):
     kl_beta: float = Field(0.01, ge=0, description="weight of KL(policy || reference)")
     answer_alias: Literal["best", "first"] = Field(
         "best", description="the gold alias the logprob reward scores (F1/EM use every alias)")
+
+    @property
+    def min_candidates(self) -> int:
+        """An episode chooses k documents, so a row needs k candidates."""
+        return self.k
 
 
 class ValidationOptions(StrictModel):

@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from raglign.objectives import (
-    OBJECTIVES,
-    LossParams,
     emdr,
     infonce,
     kl_distill,
@@ -16,6 +14,8 @@ from raglign.objectives import (
     cosent,
     supervised,
 )
+from raglign.training.loss import SCORE_LOSSES as OBJECTIVES
+from raglign.training.losses.score import LossParams
 
 RNG = np.random.default_rng(0)
 

@@ -186,8 +186,10 @@ def test_rows_with_fewer_than_k_candidates_are_errors(tmp_path, tiny_bert_dir):
 @pytest.fixture(scope="module")
 def loss_parts(canonical_dir, tiny_bert_dir, generator_dir, tmp_path_factory):
     from raglign.pipeline.lm_table import load_lm_table
-    from raglign.pipeline.train import _scorer_class, build_reranker, make_batch
-    from raglign.pipeline.train_rrpo import RRPOLoss
+    from raglign.training.batches import make_batch
+    from raglign.training.losses.rrpo import RRPOLoss
+    from raglign.training.reranker import build_reranker
+    from raglign.training.reranker import scorer_class as _scorer_class
 
     cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path_factory.mktemp("o"))
     table, _ = load_lm_table(canonical_dir, cfg.rrpo, "rrpo", min_candidates=2)
@@ -222,7 +224,7 @@ def test_logprob_rewards_are_the_readers_likelihoods_and_are_cached(loss_parts):
 
 def test_f1_rewards_score_the_readers_greedy_answer(loss_parts):
     from raglign.metrics import f1_score
-    from raglign.pipeline.train_rrpo import RRPOLoss
+    from raglign.training.losses.rrpo import RRPOLoss
     from raglign.prompts import parallel_prompt
 
     cfg, batch, logprob_loss, _ = loss_parts
@@ -243,7 +245,7 @@ def test_f1_rewards_score_the_readers_greedy_answer(loss_parts):
 
 
 def test_loss_trains_the_reranker_only_and_reports_means(loss_parts):
-    from raglign.pipeline.train import _scorer_class
+    from raglign.training.reranker import scorer_class as _scorer_class
 
     cfg, batch, loss_fn, reranker = loss_parts
     reranker.eval()

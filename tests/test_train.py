@@ -81,7 +81,7 @@ def _cfg(data: str, model: str, output: Path, **kw) -> TrainConfig:
 # --- configuration ---------------------------------------------------------------------------
 
 def test_objective_names_match_the_table_and_job_is_registered():
-    from raglign.objectives import OBJECTIVES
+    from raglign.training.loss import SCORE_LOSSES as OBJECTIVES
 
     assert tuple(OBJECTIVES) == SCORE_OBJECTIVES
     assert JOBS["train"] == "raglign.training_config:TrainConfig"
@@ -126,7 +126,7 @@ def test_changed_settings_refuse_to_resume(tmp_path, groups_dir, tiny_bert_dir):
 # --- data ------------------------------------------------------------------------------------
 
 def test_training_rows_errors_name_file_record_field(tmp_path):
-    from raglign.pipeline.train import load_train_table
+    from raglign.training.tables import load_train_table
 
     rows = _groups(3)
     rows[1]["labels"] = [1, 1, 0, 0, 0, 0, 0]
@@ -144,7 +144,8 @@ def test_training_rows_errors_name_file_record_field(tmp_path):
 
 
 def test_table_keeps_doc_text_and_ragged_groups_are_masked(tmp_path):
-    from raglign.pipeline.train import load_train_table, make_batch
+    from raglign.training.batches import make_batch
+    from raglign.training.tables import load_train_table
 
     rows = [{"id": "a", "question": "q?", "docs": [{"doc_id": "1", "title": "T", "text": "x"},
                                                     {"doc_id": "2", "title": None, "text": "y"}],
@@ -159,7 +160,7 @@ def test_table_keeps_doc_text_and_ragged_groups_are_masked(tmp_path):
 
 
 def test_global_batches_partition_the_epoch_for_any_world_size():
-    from raglign.pipeline.train import epoch_permutation, micro_batch_rows
+    from raglign.training.batches import epoch_permutation, micro_batch_rows
 
     perm0 = epoch_permutation(40, 42, 0)
     assert perm0 == epoch_permutation(40, 42, 0) and perm0 != epoch_permutation(40, 42, 1)
@@ -177,7 +178,8 @@ def test_checkpoint_round_trip_restores_model_optimizer_schedule_and_rng(tmp_pat
     from ray.train import Checkpoint
     from transformers import get_linear_schedule_with_warmup
 
-    from raglign.pipeline.train import _restore, _save
+    from raglign.training.checkpoint import restore as _restore
+    from raglign.training.checkpoint import save as _save
 
     def make():
         torch.manual_seed(0)
@@ -281,8 +283,11 @@ def test_a_ddp_step_leaves_no_trainable_parameter_without_a_gradient(
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from raglign.pipeline.train import (_scorer_class, build_loss, build_reranker,
-                                        load_train_table, make_batch)
+    from raglign.training.batches import make_batch
+    from raglign.training.loss import build_loss
+    from raglign.training.reranker import build_reranker
+    from raglign.training.reranker import scorer_class as _scorer_class
+    from raglign.training.tables import load_train_table
 
     cfg = _cfg(groups_dir, tiny_bert_dir, tmp_path, kind=kind,
                in_batch_negatives=in_batch_negatives)

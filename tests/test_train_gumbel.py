@@ -96,9 +96,11 @@ def test_loss_is_gumbel_lm_loss_and_reaches_the_reranker_only(
     """One micro-batch through the trainer's loss equals the direct computation with the same
     noise; the backward fills the reranker's gradients and none of the LLM's."""
     from raglign.objectives.gumbel import gumbel_lm_loss
-    from raglign.pipeline.train import _scorer_class, build_reranker, make_batch
     from raglign.pipeline.lm_table import load_lm_table
-    from raglign.pipeline.train_gumbel import GumbelLoss
+    from raglign.training.batches import make_batch
+    from raglign.training.losses.gumbel import GumbelLoss
+    from raglign.training.reranker import build_reranker
+    from raglign.training.reranker import scorer_class as _scorer_class
 
     cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path)
     table, _ = load_lm_table(canonical_dir, cfg.gumbel, "gumbel")

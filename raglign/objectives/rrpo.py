@@ -19,7 +19,7 @@ The objective is PPO's clipped surrogate plus a KL penalty towards the reference
 ``-(1/k) Σ_t min(ρ_t Â_t, clip(ρ_t, 1±ε) Â_t) + β KL(π_θ || π_ref)``, with the KL taken exactly
 over the remaining candidates at every visited state (the distributions are small). These are
 pure functions of score tensors; the rollouts and rewards live in
-:mod:`raglign.pipeline.train_rrpo`.
+:mod:`raglign.training.losses.rrpo`.
 """
 
 from __future__ import annotations

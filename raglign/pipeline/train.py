@@ -1,510 +1,40 @@
 """``raglign train``: fine-tune a reranker with Ray Train (DDP) on mined groups or soft targets,
-or end to end through a frozen generator (``objective: gumbel``, :mod:`.train_gumbel`).
+or end to end through a frozen generator (``objective: gumbel``, ``rrpo``). This is the job's
+driver; what every worker runs is :mod:`.train_loop`, and the Ray-free parts of training
+(losses, tables, batches, reranker, checkpoints, export, model card) are :mod:`raglign.training`.
 
 Flow: the driver reads and validates the training rows (errors name file, record and field
-before any worker starts), puts them once into the object store as an Arrow table, and runs a
-``TorchTrainer``; every worker builds the reranker, wraps it with ``prepare_model`` (DDP, gloo on
-CPU / NCCL on GPU) and walks the same seeded permutation of the rows. With a ``validation``
-block the loop also scores held-out questions as ``raglign eval`` does
-(:mod:`.train_validation`). At the end the driver exports the last model, or the best
-validated one, or the starting model when no step beats it, and writes the metrics, a loss
-curve and ``train_result.json`` (:mod:`.train_export`).
+before any worker starts): mined rows (:mod:`raglign.training.tables`) or canonical ones
+(:mod:`.lm_table`), as the objective's registry line says. It puts them once into the object
+store as an Arrow table and runs a ``TorchTrainer`` over :func:`.train_loop.train_loop_per_worker`.
+With a ``validation`` block the loop also scores held-out questions as ``raglign eval`` does
+(:mod:`.train_validation`). At the end the driver exports the last model, or the best validated
+one, or the starting model when no step beats it, and writes the metrics, a loss curve and
+``train_result.json`` (:mod:`raglign.training.export`).
 
-Why the data are not a Ray Data stream: training sets here are small (RADIO: 20k queries), and
-resuming must continue the *same* data order from step K. A seeded per-epoch permutation over an
-in-memory table gives that exactly, where a streaming split hands blocks to workers in whatever
-order they finish. Global batch b of epoch e is ``perm_e[b*B:(b+1)*B]``; worker r's micro-batch
-a is its slice ``(a*W + r)*mb …`` (W workers, mb = B / (W * accumulation)), so the update of a
-step is the same whatever W is.
-
-Checkpoints (every ``checkpoint_every`` steps, at ``max_steps`` and at the end) hold the model,
-optimizer, scheduler, step, metrics so far and every rank's RNG state (dropout), reported with
-``ray.train.report``; Ray Train merges the ranks' files into one directory. Re-running with the
-same ``run_name``/``storage_path`` makes ``ray.train.get_checkpoint()`` return the latest one
-and training continues at its step with the same data order and optimizer state
-(tests/test_train.py: a 2-worker run stopped at ``max_steps`` and resumed ends with the weights
-and losses of an uninterrupted one-process run of the same global batches).
+Re-running with the same ``run_name``/``storage_path`` makes ``ray.train.get_checkpoint()``
+return the latest checkpoint and training continues at its step with the same data order and
+optimizer state (tests/test_train.py: a 2-worker run stopped at ``max_steps`` and resumed ends
+with the weights and losses of an uninterrupted one-process run of the same global batches).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import resource
 import shutil
-import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raglign.config import dump_yaml, read_yaml
-from raglign.data.io import parquet_files
 from raglign.errors import ConfigError, DataError, RaglignError
-from raglign.training_config import LM_OBJECTIVES, RESUMABLE_FIELDS, TrainConfig
+from raglign.training.reranker import build_reranker  # noqa: F401 (public: README, tests, tune)
+from raglign.training.tables import load_train_table
+from raglign.training_config import OBJECTIVES, RESUMABLE_FIELDS, TrainConfig
 
-LABEL_TOLERANCE = 1e-3  # how far a target row may sum from 1 (float32 writers round)
-
-
-# ---------------------------------------------------------------------------------------------
-# Training rows
-# ---------------------------------------------------------------------------------------------
-
-def _objective_field(objective: str) -> str:
-    from raglign.objectives import OBJECTIVES
-
-    return OBJECTIVES[objective].field
-
-
-def _check_values(values: Any, n_docs: int, objective: str, field: str, src: str, rec) -> list[float]:
-    if not isinstance(values, list) or len(values) != n_docs:
-        got = len(values) if isinstance(values, list) else type(values).__name__
-        raise DataError(src, rec, field, f"expected a list of {n_docs} numbers (one per doc), got {got}")
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise DataError(src, rec, field, f"expected finite numbers, got {v!r}")
-        out.append(float(v))
-    if field == "labels":
-        if any(v < 0 or v > 1 for v in out):
-            raise DataError(src, rec, field, "labels must lie in [0, 1]")
-        if objective == "infonce" and (sum(v == 1.0 for v in out) != 1 or sum(v != 0 for v in out) != 1):
-            raise DataError(src, rec, field, f"infonce needs exactly one positive (label 1) and "
-                                             f"zeros elsewhere, got {out}")
-    elif field == "target":
-        if any(v < 0 for v in out) or abs(sum(out) - 1.0) > LABEL_TOLERANCE:
-            raise DataError(src, rec, field, f"a target must be a distribution (>= 0, sums to 1; "
-                                             f"sums to {sum(out):.6f})")
-    elif field == "lm_logprob" and any(v > 1e-6 for v in out):
-        raise DataError(src, rec, field, "log-probabilities must be <= 0")
-    return out
-
-
-def load_train_table(path: str, objective: str, limit: int | None = None,
-                     exclude: Callable[[str], bool] | None = None,
-                     ) -> tuple[pa.Table, dict[str, list]]:
-    """Validated training rows as a compact table ``{id, question, docs: [str], values: [float]}``.
-
-    ``docs`` are the texts the reranker sees (:func:`~raglign.models.rerankers.doc_text`);
-    ``values`` is the objective's per-document field (``labels``, ``target`` or
-    ``lm_logprob``). Rows whose id ``exclude`` accepts (held out for validation) are skipped
-    before ``limit`` counts. The second value is provenance for the model card: the distinct
-    values of the mining columns ``method``/``signal``/``temperature`` where the rows carry them.
-    """
-    from raglign.models.rerankers import doc_text
-
-    field = _objective_field(objective)
-    ids, questions, docs, values = [], [], [], []
-    provenance: dict[str, list] = {}
-    for f in parquet_files(path):
-        src = str(f)
-        table = pq.read_table(f)
-        for col in ("question", "docs", field):
-            if col not in table.column_names:
-                hint = {"labels": "groups (`raglign mine LABELLED OUT --signal FIELD`)",
-                        "target": "soft targets (`raglign mine LABELLED OUT --targets "
-                                  "pdist|loop|adist|replug`)",
-                        "lm_logprob": "per-document answer log-probabilities (`raglign mine "
-                                      "LABELLED OUT --lm-logprobs`)"}[field]
-                raise DataError(src, None, col, f"missing column; objective {objective!r} trains "
-                                                f"on {hint}; columns are {table.column_names}")
-        for col in ("method", "signal", "temperature"):
-            if col in table.column_names:
-                seen = provenance.setdefault(col, [])
-                seen.extend(v for v in table.column(col).unique().to_pylist() if v not in seen)
-        for i, row in enumerate(table.select(
-                [c for c in ("id", "question", "docs", field) if c in table.column_names]).to_pylist()):
-            rec = row.get("id") or i
-            rid = str(row.get("id") if row.get("id") is not None else f"{f.name}:{i}")
-            if exclude is not None and exclude(rid):
-                continue
-            q = row["question"]
-            if not isinstance(q, str) or not q.strip():
-                raise DataError(src, rec, "question", "must be a non-empty string")
-            ds = row["docs"]
-            if not isinstance(ds, list) or not ds:
-                raise DataError(src, rec, "docs", "expected a non-empty list of documents")
-            texts = []
-            for j, d in enumerate(ds):
-                if not isinstance(d, dict) or not isinstance(d.get("text"), str):
-                    raise DataError(src, rec, f"docs[{j}].text", "missing or not a string")
-                texts.append(doc_text(d.get("title"), d["text"]))
-            values.append(_check_values(row[field], len(ds), objective, field, src, rec))
-            ids.append(rid)
-            questions.append(q)
-            docs.append(texts)
-            if limit is not None and len(ids) >= limit:
-                break
-        if limit is not None and len(ids) >= limit:
-            break
-    table = pa.table({"id": ids, "question": questions, "docs": docs, "values": values})
-    return table, provenance
-
-
-# ---------------------------------------------------------------------------------------------
-# Batching: the same global order on every worker, for any number of workers
-# ---------------------------------------------------------------------------------------------
-
-def epoch_permutation(n_rows: int, seed: int, epoch: int) -> list[int]:
-    """The row order of ``epoch``: a function of (seed, epoch) only, hence resumable."""
-    import torch
-
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n_rows, generator=g).tolist()
-
-
-def micro_batch_rows(perm: list[int], step_in_epoch: int, cfg: TrainConfig, rank: int,
-                     world: int, accum_index: int) -> list[int]:
-    """Row indices of worker ``rank``'s micro-batch ``accum_index`` within a global step."""
-    start = step_in_epoch * cfg.batch_size + (accum_index * world + rank) * cfg.micro_batch
-    return perm[start:start + cfg.micro_batch]
-
-
-@dataclass
-class Batch:
-    queries: list[str]
-    docs: list[list[str]]  # padded with "" to the longest group
-    values: Any  # torch.Tensor [b, n] float32; None for a table without values (gumbel)
-    mask: Any  # torch.Tensor [b, n] bool, False on padding
-    columns: dict[str, list]  # every column of the rows, unpadded (gumbel: answer, titles …)
-
-
-def make_batch(table: pa.Table, rows: list[int]) -> Batch:
-    import torch
-
-    part = table.take(pa.array(rows, type=pa.int64())).to_pydict()
-    n = max(len(d) for d in part["docs"])
-    docs = [d + [""] * (n - len(d)) for d in part["docs"]]
-    values = None
-    if "values" in part:
-        values = torch.tensor([v + [0.0] * (n - len(v)) for v in part["values"]],
-                              dtype=torch.float32)
-    mask = torch.tensor([[True] * len(d) + [False] * (n - len(d)) for d in part["docs"]])
-    return Batch(part["question"], docs, values, mask, part)
-
-
-# ---------------------------------------------------------------------------------------------
-# The model as DDP sees it
-# ---------------------------------------------------------------------------------------------
-
-def _scorer_class():
-    import torch
-    import torch.nn.functional as F
-
-    class Scorer(torch.nn.Module):
-        """Routes ``forward`` to the reranker's scoring so DDP's forward hooks run.
-
-        DDP synchronises gradients only for computation that went through its own ``forward``;
-        calling ``ddp.module.forward_scores`` would silently train each worker on its own data.
-        With in-batch negatives a bi-encoder embeds the batch's documents once and scores every
-        query against all of them (``[B, B*n]``, group-major, as :func:`infonce` expects).
-        """
-
-        def __init__(self, reranker, in_batch_negatives: bool):
-            super().__init__()
-            self.reranker = reranker
-            self.in_batch_negatives = in_batch_negatives
-
-        def forward(self, queries: list[str], docs: list[list[str]]):
-            if not self.in_batch_negatives:
-                return self.reranker.forward_scores(queries, docs)
-            enc = self.reranker.encoder
-            q = enc.embed(list(queries))
-            d = enc.embed([t for group in docs for t in group])
-            if self.reranker.similarity == "cosine":
-                q, d = F.normalize(q, dim=-1), F.normalize(d, dim=-1)
-            return q @ d.T
-
-    return Scorer
-
-
-def build_reranker(cfg: TrainConfig, device=None):
-    """The reranker to fine-tune, initialised identically on every worker (seeded head)."""
-    import torch
-
-    from raglign.models.rerankers import load_reranker
-
-    torch.manual_seed(cfg.seed)
-    kw = {"similarity": cfg.similarity} if cfg.similarity else {}
-    reranker = load_reranker(cfg.model, kind=cfg.kind, max_length=cfg.max_length, device=device, **kw)
-    return reranker.train()
-
-
-def _param_groups(model, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights (the standard BERT fine-tuning recipe)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-class WindowMetrics:
-    """What a loss reports per logging window besides the loss: ``pop_metrics()`` peaks
-    (maximised over workers), ``pop_means()`` means (averaged over workers); none by default."""
-
-    def pop_metrics(self) -> dict[str, float]:
-        return {}
-
-    def pop_means(self) -> dict[str, float]:
-        return {}
-
-
-@dataclass
-class ScoreLoss(WindowMetrics):
-    """A loss of the reranker's scores against the rows' per-document values (OBJECTIVES)."""
-
-    objective: Any  # raglign.objectives.Objective
-    params: Any  # raglign.objectives.LossParams
-    device: Any
-
-    def __call__(self, model, batch: Batch):
-        scores = model(batch.queries, batch.docs)
-        return self.objective.loss(scores.float(), batch.values.to(self.device),
-                                   batch.mask.to(self.device), self.params)
-
-
-def build_loss(cfg: TrainConfig, device):
-    """``loss(model, batch) -> scalar`` for the configured objective, built once per worker;
-    ``pop_metrics()`` gives its own per-window peaks (gumbel: document-cache MiB), maximised
-    over workers, and ``pop_means()`` its per-window means (rrpo: rewards, KL), averaged."""
-    if cfg.objective == "gumbel":
-        from raglign.pipeline.train_gumbel import GumbelLoss
-
-        return GumbelLoss(cfg.gumbel, device)
-    if cfg.objective == "rrpo":
-        from raglign.pipeline.train_rrpo import RRPOLoss
-
-        return RRPOLoss(cfg, device)
-    from raglign.objectives import OBJECTIVES, LossParams
-
-    return ScoreLoss(OBJECTIVES[cfg.objective],
-                     LossParams(cfg.score_temperature, cfg.beta, cfg.in_batch_negatives,
-                                cfg.kind), device)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _memory_metrics(device) -> dict[str, float]:
-    import torch
-
-    out = {"peak_rss_mib": peak_rss_mib()}
-    if device.type == "cuda":
-        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The Ray Train loop
-# ---------------------------------------------------------------------------------------------
-
-def _restore(ckpt, model, optimizer, scheduler, rank: int, device) -> tuple[int, list[dict]]:
-    """Load a checkpoint into the live objects; returns (step, metrics history).
-
-    A finished run's checkpoints keep only the model (:func:`~.train_export.slim_checkpoints`):
-    there is nothing left to train, so the optimizer, schedule and RNG state stay as they are.
-    """
-    import torch
-
-    with ckpt.as_directory() as d:
-        d = Path(d)
-        model.load_state_dict(torch.load(d / "model.pt", map_location=device))
-        state = json.loads((d / "state.json").read_text())
-        history = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()
-                   if line.strip()]
-        if not (d / "optimizer.pt").exists():
-            return int(state["step"]), history
-        optimizer.load_state_dict(torch.load(d / "optimizer.pt", map_location=device))
-        scheduler.load_state_dict(torch.load(d / "scheduler.pt"))
-        rng = d / f"rng-rank{rank}.pt"
-        if rng.exists():
-            saved = torch.load(rng)
-            torch.set_rng_state(saved["cpu"])
-            if saved.get("cuda") is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state(saved["cuda"], device)
-        else:  # resumed with more workers than were saved: a fresh, still deterministic stream
-            torch.manual_seed(state["seed"] + 7919 * (rank + 1) + state["step"])
-    return int(state["step"]), history
-
-
-def _save(directory: Path, model, optimizer, scheduler, step: int, cfg: TrainConfig, rank: int,
-          history: list[dict]) -> None:
-    import torch
-
-    if rank == 0:
-        torch.save(model.state_dict(), directory / "model.pt")
-        torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-        torch.save(scheduler.state_dict(), directory / "scheduler.pt")
-        (directory / "state.json").write_text(json.dumps({"step": step, "seed": cfg.seed}))
-        (directory / "metrics.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
-    cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-    torch.save({"cpu": torch.get_rng_state(), "cuda": cuda}, directory / f"rng-rank{rank}.pt")
-
-
-def _console_line(metrics: dict, total: int, extra: list[str], validation) -> str:
-    """The rank-0 progress line of a logged step (and of its validation, if any)."""
-    if "loss" in metrics:
-        line = (f"[raglign train] step {metrics['step']}/{total} epoch {metrics['epoch']:.2f} "
-                f"loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-                f"pairs/s {metrics['pairs_per_s']:.1f} peak RSS {metrics['peak_rss_mib']:.0f} MiB"
-                + "".join(f" {k} {metrics[k]:.3f}" for k in extra))
-    else:
-        line = f"[raglign train] step 0/{total} (the starting model)"
-    if validation is not None and validation.attribute in metrics:
-        shown = dict.fromkeys([validation.options.metric, "recall@5", "ndcg@5", "mrr"])
-        line += " | validation " + " ".join(f"{m} {metrics[f'val_{m}']:.4f}" for m in shown
-                                             if f"val_{m}" in metrics)
-    return line
-
-
-def train_loop_per_worker(loop_config: dict) -> dict | None:
-    """One Ray Train worker: restore, then optimizer steps over the seeded global batches.
-
-    With validation, the starting model is scored first (step 0), then every ``eval_every``
-    steps and at every checkpoint, and a step at least as good as every earlier validation is
-    checkpointed at once, so Ray Train (``CheckpointConfig`` ranked by the validation metric)
-    holds the best model. Local mode has no checkpoint manager: it keeps the best step's
-    directory itself and returns ``{"best_checkpoint": path, "best_metrics": …}``.
-    """
-    import ray
-    import ray.train
-    import ray.train.torch
-    import torch
-    import torch.distributed as dist
-    from transformers import get_linear_schedule_with_warmup
-
-    from raglign.pipeline.train_validation import is_new_best, validate
-
-    cfg = TrainConfig.model_validate(loop_config["config"])
-    local = cfg.num_workers == 0  # Ray Train local mode: the table was passed as is
-    table: pa.Table = loop_config["table"] if local else ray.get(loop_config["table"])
-    validation = loop_config["validation"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-
-    compute_loss = build_loss(cfg, device)  # gumbel: loads the frozen generator
-    reranker = build_reranker(cfg, device)
-    # No find_unused_parameters: every trainable parameter takes part in the scores (the
-    # encoder freezes BERT's pooler, which mean/CLS pooling never reads), so DDP needs no
-    # extra graph traversal per step (tests/test_train.py checks every parameter gets a grad).
-    model = ray.train.torch.prepare_model(_scorer_class()(reranker, cfg.in_batch_negatives))
-    optimizer = torch.optim.AdamW(_param_groups(reranker, cfg.weight_decay), lr=cfg.lr)
-    steps_per_epoch = table.num_rows // cfg.batch_size
-    total = steps_per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
-    torch.manual_seed(cfg.seed + 7919 * (rank + 1))  # per-rank dropout stream
-
-    step, history = 0, []
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        step, history = _restore(ckpt, reranker, optimizer, scheduler, rank, device)
-        if rank == 0:
-            print(f"[raglign train] resumed from step {step}/{total}", flush=True)
-    stop_at = total if cfg.max_steps is None else min(total, cfg.max_steps)
-    log_every = cfg.log_interval(total)
-    print_every = max(log_every, math.ceil(total / 10))  # about ten lines a run on the console
-    eval_every = cfg.eval_interval(total)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=cfg.bf16 and device.type == "cuda")
-
-    if validation is not None and not history:  # the starting model, once per run
-        metrics = {"step": 0, "epoch": 0.0, "total_steps": total, "eval_round": 0,
-                   **validate(reranker, validation, rank, world, device)}
-        history.append(metrics)
-        if rank == 0:
-            print(_console_line(metrics, total, [], validation), flush=True)
-        ray.train.report(metrics)
-
-    local_best: tuple[Path, dict] | None = None
-    window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
-    perm_epoch, perm = -1, []
-    while step < stop_at:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        if epoch != perm_epoch:
-            perm, perm_epoch = epoch_permutation(table.num_rows, cfg.seed, epoch), epoch
-        model.train()
-        step_loss, step_pairs = 0.0, 0
-        for a in range(cfg.grad_accumulation):
-            batch = make_batch(table, micro_batch_rows(perm, in_epoch, cfg, rank, world, a))
-            sync = world == 1 or a == cfg.grad_accumulation - 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
-                loss = compute_loss(model, batch)
-            (loss / cfg.grad_accumulation).backward()
-            step_loss += loss.item() / cfg.grad_accumulation
-            step_pairs += int(batch.mask.sum())
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(reranker.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window_loss, window_pairs, window_steps = window_loss + step_loss, window_pairs + step_pairs, window_steps + 1
-
-        checkpoint_now = step % cfg.checkpoint_every == 0 or step == stop_at
-        # Every checkpoint is validated, so Ray Train can rank all of them by the metric.
-        validate_now = validation is not None and (step % eval_every == 0 or checkpoint_now)
-        if step % log_every and not (checkpoint_now or validate_now):
-            continue
-        # On the device: NCCL (GPU workers) reduces CUDA tensors only.
-        stats = torch.tensor([window_loss, float(window_pairs)], dtype=torch.float64, device=device)
-        # Memory: the largest over the workers (peak RSS is monotone, so at a log step it is
-        # the peak of every step so far).
-        memory = {**_memory_metrics(device), **compute_loss.pop_metrics()}
-        peaks = torch.tensor(list(memory.values()), dtype=torch.float64, device=device)
-        means = compute_loss.pop_means()
-        mean_values = torch.tensor(list(means.values()), dtype=torch.float64, device=device)
-        if world > 1:
-            dist.all_reduce(stats)
-            dist.all_reduce(peaks, op=dist.ReduceOp.MAX)
-            dist.all_reduce(mean_values)
-        elapsed = time.perf_counter() - t0
-        metrics = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                   "loss": stats[0].item() / (window_steps * world),
-                   "lr": scheduler.get_last_lr()[0], "pairs_per_s": stats[1].item() / elapsed,
-                   "total_steps": total,
-                   **{k: round(v, 1) for k, v in zip(memory, peaks.tolist())},
-                   **{k: v / world for k, v in zip(means, mean_values.tolist())}}
-        new_best = False
-        if validate_now:
-            metrics.update(validate(reranker, validation, rank, world, device),
-                           eval_round=sum(validation.attribute in h for h in history))
-            new_best = is_new_best(metrics, history, validation.attribute)
-        history.append(metrics)
-        if rank == 0 and (step % print_every == 0 or validate_now or step == stop_at):
-            print(_console_line(metrics, total, list(means), validation), flush=True)
-        # Local mode keeps no intermediate checkpoints (it cannot resume) except the best one.
-        if new_best or (checkpoint_now and (step == stop_at or not local)):
-            tmp = Path(tempfile.mkdtemp(prefix="raglign-ckpt-"))
-            _save(tmp, reranker, optimizer, scheduler, step, cfg, rank, history)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"step-{step:08d}")
-            if not local:  # uploaded to the run's storage by report()
-                shutil.rmtree(tmp, ignore_errors=True)
-            elif new_best:  # the driver exports from it, so it outlives this function
-                if local_best is not None:
-                    shutil.rmtree(local_best[0], ignore_errors=True)
-                local_best = (tmp, metrics)
-        else:
-            ray.train.report(metrics)
-        window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
-    if local_best is None:
-        return None
-    return {"best_checkpoint": str(local_best[0]), "best_metrics": local_best[1]}
-
-
-# ---------------------------------------------------------------------------------------------
-# Driver
-# ---------------------------------------------------------------------------------------------
 
 @dataclass
 class TrainResult:
@@ -565,12 +95,11 @@ def _torch_threads(n: int | None):
 def _load_training_rows(cfg: TrainConfig, split) -> tuple[pa.Table, dict[str, list]]:
     """The objective's training table, without the questions ``split`` holds out."""
     exclude = split.exclude if split is not None else None
-    if cfg.objective in LM_OBJECTIVES:
+    if OBJECTIVES[cfg.objective].rows == "canonical":
         from raglign.pipeline.lm_table import load_lm_table
 
-        # An RRPO episode chooses k documents, so each row needs k candidates.
         return load_lm_table(cfg.data, cfg.lm_options, cfg.objective, cfg.limit,
-                             cfg.rrpo.k if cfg.rrpo else 1, exclude)
+                             cfg.lm_options.min_candidates, exclude)
     return load_train_table(cfg.data, cfg.objective, cfg.limit, exclude)
 
 
@@ -610,10 +139,13 @@ def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True) -> Tr
     ``export=False`` leaves the model in its checkpoint (a sweep exports none of its trials: the
     best one's recipe and checkpoint are in the sweep's ``best.json``).
     """
-    from raglign.pipeline.train_export import (choose_export, export_model, model_card,
-                                               plot_loss_curve, slim_checkpoints)
+    from raglign.pipeline.train_loop import train_loop_per_worker
     from raglign.pipeline.train_validation import held_out, load_validation
     from raglign.ray_session import ray_session
+    from raglign.training.checkpoint import slim_checkpoints
+    from raglign.training.export import choose_export, export_model
+    from raglign.training.loss_curve import plot_loss_curve
+    from raglign.training.model_card import model_card
 
     split = held_out(cfg)
     table, provenance = _load_training_rows(cfg, split)

@@ -6,8 +6,8 @@ their gold documents. That is :func:`raglign.pipeline.evaluate.reranker_setting`
 ``raglign eval`` runs, so a validation number equals ``raglign eval`` on the same model and rows.
 This module only decides *which* rows validate (:func:`load_validation`), spreads them over the
 workers and gathers their per-row metrics (:func:`validate`), and says which validated step is
-worth keeping (:func:`is_new_best`); the trainer (:mod:`raglign.pipeline.train`) calls it from
-its one loop, whatever the objective.
+worth keeping (:func:`is_new_best`); the trainer's loop (:mod:`raglign.pipeline.train_loop`) calls
+it, whatever the objective.
 
 Why the rows are canonical even when the training rows are mined groups or targets: a group
 holds a positive and a few sampled negatives, not the ranking the reranker must produce, and

@@ -1,8 +1,8 @@
-"""``objective: rrpo`` of ``raglign train``: RRPO's rollouts and rewards inside the one training job.
+"""``objective: rrpo`` of ``raglign train``: RRPO's rollouts and rewards as a training loss.
 
-The trainer (:mod:`raglign.pipeline.train`) owns data order, DDP, optimizer, schedule,
-checkpoints, resume and export; the rows are canonical (:mod:`raglign.pipeline.lm_table`). This
-module holds the RL part, built once per worker (:class:`RRPOLoss`):
+The trainer owns data order, DDP, optimizer, schedule, checkpoints, resume and export; the rows
+are canonical (:mod:`raglign.pipeline.lm_table`). This module holds the RL part, built once per
+worker (:class:`RRPOLoss`):
 
 * the **reader** (the reward model: a frozen generator) and the **reference reranker** (the
   initial reranker, rebuilt from ``model`` with the same seed, so it equals the trained model's
@@ -25,14 +25,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from raglign.metrics import choice_accuracy, exact_match, f1_score
-from raglign.pipeline.train import WindowMetrics, build_reranker
 from raglign.prompts import parallel_prompt
+from raglign.training.loss import Loss
+from raglign.training.reranker import build_reranker
 from raglign.training_config import TrainConfig
 
 if TYPE_CHECKING:
     import torch
 
-    from raglign.pipeline.train import Batch
+    from raglign.training.batches import Batch
 
 
 def answer_reward(kind: str, prediction: str, answers: list[str],
@@ -44,7 +45,7 @@ def answer_reward(kind: str, prediction: str, answers: list[str],
     return (f1_score if kind == "f1" else exact_match)(prediction, answers)
 
 
-class RRPOLoss(WindowMetrics):
+class RRPOLoss(Loss):
     """Per-worker RRPO loss: ``loss = RRPOLoss(cfg, device)(model, batch)``."""
 
     def __init__(self, cfg: TrainConfig, device):
@@ -141,3 +142,13 @@ class RRPOLoss(WindowMetrics):
         out = {f"rrpo_{k}": v / n for k, v in sorted(self._window.items())}
         self._window, self._count = {}, 0
         return out
+
+    @classmethod
+    def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
+        r = cfg.rrpo
+        loss = (f"RRPO: PPO clipped surrogate (eps {r.clip_eps}) on episodes of {r.k} documents "
+                f"sampled from the Plackett-Luce policy of the scores (temperature "
+                f"{cfg.score_temperature}), reward `{r.reward}` from the frozen reader "
+                f"`{r.generator}` ({r.dtype}), advantages against the initial reranker's greedy "
+                f"episode (gamma {r.gamma}, GAE lambda {r.lam}), KL weight {r.kl_beta}")
+        return f"gold answers over the first {r.n} candidates", loss

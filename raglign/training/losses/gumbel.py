@@ -1,8 +1,7 @@
-"""``objective: gumbel`` of ``raglign train``: G-Rerank's Algorithm 1 inside the one training job.
+"""``objective: gumbel`` of ``raglign train``: G-Rerank's Algorithm 1 as a training loss.
 
-The trainer (:mod:`raglign.pipeline.train`) owns everything a run shares with the other
-objectives — data order, DDP, optimizer and schedule, checkpoints, resume, export, model card.
-This module holds only what differs:
+The trainer owns everything a run shares with the other objectives — data order, DDP, optimizer
+and schedule, checkpoints, resume, export, model card. This module holds only what differs:
 
 * the rows are canonical, not mined (:func:`raglign.pipeline.lm_table.load_lm_table`).
 * :class:`GumbelLoss` is built once per worker. It holds the frozen generator behind a
@@ -21,14 +20,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from raglign.pipeline.train import WindowMetrics
-from raglign.training_config import GumbelOptions
+from raglign.training.loss import Loss
+from raglign.training_config import GumbelOptions, TrainConfig
 
 if TYPE_CHECKING:
-    from raglign.pipeline.train import Batch
+    from raglign.training.batches import Batch
 
 
-class GumbelLoss(WindowMetrics):
+class GumbelLoss(Loss):
     """Per-worker G-Rerank loss: ``loss = GumbelLoss(options, device)(model, batch)``.
 
     ``cache_mib`` is the largest document cache (keys and values of one micro-batch) seen since
@@ -44,6 +43,10 @@ class GumbelLoss(WindowMetrics):
         self.engine = DocumentEngine(gen.model, gen.tokenizer)  # freezes the LLM
         self.options = options
         self.cache_mib = 0.0
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, device) -> GumbelLoss:
+        return cls(cfg.gumbel, device)
 
     def __call__(self, model, batch: Batch):
         import torch
@@ -67,3 +70,12 @@ class GumbelLoss(WindowMetrics):
     def pop_metrics(self) -> dict[str, float]:
         out, self.cache_mib = {"cache_mib": self.cache_mib}, 0.0
         return out
+
+    @classmethod
+    def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
+        g = cfg.gumbel
+        loss = (f"G-Rerank: the gold answer's per-token NLL under the frozen generator "
+                f"`{g.generator}` ({g.dtype}) reading the candidates through a Gumbel relaxed "
+                f"top-{g.k} mask of the scores (tau {g.tau}, kappa {g.kappa}, noise {g.noise}, "
+                f"{g.samples} mask(s) per query)")
+        return f"gold answers (alias `{g.answer_alias}`) over the first {g.n} candidates", loss

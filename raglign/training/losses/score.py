@@ -1,0 +1,124 @@
+"""Losses of the reranker's scores against one per-document value of mined rows (``labels``,
+``target`` or ``lm_logprob``, the registry line's ``rows``): InfoNCE, supervised, KL, REPLUG,
+EMDR².
+
+Each is the same step — score the micro-batch's groups through DDP, then a pure function of
+``[B, n]`` scores, values and padding mask from :mod:`raglign.objectives` — so a subclass states
+only its :meth:`ScoreLoss.loss` (how the batch maps onto that function's arguments), its
+description for the model card and, where it has one, a rule its rows must follow.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from raglign.objectives import cosent, emdr, infonce, kl_distill, replug_lsr, supervised
+from raglign.training.loss import Loss
+from raglign.training_config import OBJECTIVES, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from raglign.training.batches import Batch
+
+
+@dataclass(frozen=True)
+class LossParams:
+    """Hyper-parameters the score losses read (from ``TrainConfig``)."""
+
+    temperature: float = 1.0  # reranker score temperature: logits = score / temperature
+    beta: float = 1.0  # REPLUG's LM temperature in Q_LM = softmax(log p_LM / beta)
+    in_batch_negatives: bool = False  # InfoNCE only; scores are then [B, B*n]
+    kind: str = "cross"  # the reranker's kind: "supervised" is BCE for cross, CoSENT for bi
+
+
+class ScoreLoss(Loss):
+    """``loss(scores, values, mask, params)`` on the scores of the batch's groups."""
+
+    description: ClassVar[str]
+
+    def __init__(self, cfg: TrainConfig, device):
+        self.params = LossParams(cfg.score_temperature, cfg.beta, cfg.in_batch_negatives,
+                                 cfg.kind)
+        self.device = device
+
+    @staticmethod
+    @abstractmethod
+    def loss(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+             p: LossParams) -> torch.Tensor:
+        """The loss of ``[B, n]`` scores (``[B, B*n]`` with in-batch negatives)."""
+
+    @classmethod
+    def row_error(cls, values: list[float]) -> str | None:
+        """Why one row's values cannot train this loss (None: they can), beyond the checks of
+        their field that every objective reading it shares (:mod:`raglign.training.tables`)."""
+        return None
+
+    def __call__(self, model, batch: Batch) -> torch.Tensor:
+        scores = model(batch.queries, batch.docs)
+        return self.loss(scores.float(), batch.values.to(self.device), batch.mask.to(self.device),
+                         self.params)
+
+    @classmethod
+    def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
+        return (f"per-document field `{OBJECTIVES[cfg.objective].rows}`",
+                f"{cls.description}; score temperature {cfg.score_temperature}")
+
+
+class InfoNCE(ScoreLoss):
+    description = "RADIO: InfoNCE over 1 positive + m negatives"
+
+    @staticmethod
+    def loss(scores, values, mask, p: LossParams):
+        positive = values.argmax(dim=1)
+        if p.in_batch_negatives:  # [B, B*n]: every query sees every group's documents
+            mask = mask.reshape(1, -1).expand(scores.shape[0], -1)
+        return infonce(scores, p.temperature, positive, p.in_batch_negatives, mask)
+
+    @classmethod
+    def row_error(cls, values: list[float]) -> str | None:
+        if sum(v == 1.0 for v in values) != 1 or sum(v != 0 for v in values) != 1:
+            return f"infonce needs exactly one positive (label 1) and zeros elsewhere, got {values}"
+        return None
+
+
+class Supervised(ScoreLoss):
+    description = ("gold / graded labels: pointwise BCE (cross-encoders), pairwise CoSENT "
+                   "(bi-encoders)")
+
+    @staticmethod
+    def loss(scores, values, mask, p: LossParams):
+        if p.kind == "bi":
+            return cosent(scores, values, p.temperature, mask)
+        return supervised(scores, values, p.temperature, mask)
+
+
+class KL(ScoreLoss):
+    description = "PDist / LOOP / ADist: KL(target || p_R)"
+
+    @staticmethod
+    def loss(scores, values, mask, p: LossParams):
+        return kl_distill(scores, values, p.temperature, mask)
+
+
+class Replug(ScoreLoss):
+    description = "REPLUG LSR: KL(p_R || softmax(log p_LM / beta))"
+
+    @staticmethod
+    def loss(scores, values, mask, p: LossParams):
+        return replug_lsr(scores, values, p.beta, p.temperature, mask)
+
+    @classmethod
+    def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
+        data, loss = super().describe(cfg)
+        return data, f"{loss}, beta {cfg.beta}"
+
+
+class EMDR(ScoreLoss):
+    description = "EMDR^2: -log sum_k p_LM(a|q,d_k) p_R(d_k|q)"
+
+    @staticmethod
+    def loss(scores, values, mask, p: LossParams):
+        return emdr(scores, values, p.temperature, mask)
