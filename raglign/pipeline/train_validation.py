@@ -204,7 +204,7 @@ def is_new_best(metrics: dict, history: list[dict], attribute: str) -> bool:
     Ties count, and go to the later step, because that is how Ray Train's ``CheckpointConfig``
     ranks equal scores among the checkpoints it keeps (local mode keeps the same one). The
     starting model is the exception: it is exported unless a trained step is strictly better
-    (:func:`raglign.pipeline.train_export.choose_export`).
+    (:func:`raglign.training.export.choose_export`).
     """
     earlier = [h[attribute] for h in history if attribute in h]
     return not earlier or metrics[attribute] >= max(earlier)
