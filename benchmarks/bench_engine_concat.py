@@ -49,7 +49,7 @@ def main() -> None:
     from raglign.engine import DocumentEngine
     from raglign.models.generator import TransformersGenerator
     from raglign.prompts import qa_prompt
-    from raglign.signals.base import pick_answer
+    from raglign.signals.items import pick_answer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-engine-concat-"))
     convert("hotpotqa", DATA / "hotpotqa" / "hotpotqa_train.json", tmp / "rows", limit=args.rows)

@@ -4,6 +4,11 @@ Every backend (transformers, vLLM, HTTP) and the document engine build prompts h
 computed by one is comparable with another. The QA prompt is FlashRAG's, used by RADIO and
 G-Rerank: the documents go into the system message, the question into the user turn.
 
+A generation *task* (:data:`TASKS`: ``qa``, RADIO's ``rationale``, ARL2's ``judge``) is
+rendered by :func:`task_messages` (what a chat endpoint receives) and :func:`render_task` (the
+same messages rendered locally, for the transformers and vLLM backends and for completions
+endpoints): a new task is added in these two functions and every backend sends it.
+
 For parallel prefill a rendered prompt is cut at the reference block into
 ``prefix | doc_1 … doc_n | suffix``: each document is encoded as a continuation of the prefix,
 the suffix (end of system turn, question, assistant header) and the answer run after all of them.
@@ -12,6 +17,7 @@ the suffix (end of system turn, question, assistant header) and the answer run a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +36,15 @@ RATIONALE_PROMPT = (
     "output the rationale why the ground truth answer is correct. Question: {question}. "
     "Answer: {answer}. Rationale: "
 )
+
+JUDGE_PROMPT = (
+    "You are given a question, its correct answer and a document. Judge whether the document is "
+    "relevant for answering the question with that answer.\n"
+    "Question: {question}\nAnswer: {answer}\nDocument: {document}\n"
+    "Reply with exactly one of: relevant, partially relevant, not relevant.\nJudgement:"
+)
+
+TASKS = ("qa", "rationale", "judge")
 
 OPTION_LETTERS = "ABCDEFGHIJ"
 
@@ -99,13 +114,43 @@ def qa_prompt(tokenizer: Any, question: str, documents: list[tuple[str | None, s
     return parallel_prompt(tokenizer, question, documents, choices).concat()
 
 
+def task_messages(task: str, question: str, docs: Sequence[tuple[str | None, str]] = (),
+                  answer: str | None = None, choices: Sequence[str] | None = None) -> list[dict]:
+    """The chat messages of a generation task. ``qa`` reads ``docs`` and ``choices``;
+    ``rationale`` the gold ``answer``; ``judge`` the ``answer`` and the one document
+    ``docs[0]``. The two one-turn tasks are a single user message."""
+    if task == "qa":
+        return qa_messages(question, "".join(format_document(t, x) for t, x in docs),
+                           list(choices) if choices else None)
+    if task == "rationale":
+        text = RATIONALE_PROMPT.format(question=question, answer=answer)
+    elif task == "judge":
+        text = JUDGE_PROMPT.format(question=question, answer=answer,
+                                   document=format_document(*docs[0]).strip())
+    else:
+        raise ValueError(f"unknown generation task {task!r}; known: {', '.join(TASKS)}")
+    return [{"role": "user", "content": text}]
+
+
+def render_task(tokenizer: Any, task: str, question: str,
+                docs: Sequence[tuple[str | None, str]] = (), answer: str | None = None,
+                choices: Sequence[str] | None = None) -> str | ParallelPrompt:
+    """A task's prompt rendered locally (:func:`task_messages` through the chat template). A QA
+    prompt stays cut into pieces (:func:`parallel_prompt`), so that every backend tokenises it
+    as the document engine does; the other tasks are one rendered string."""
+    if task == "qa":
+        return parallel_prompt(tokenizer, question, list(docs), list(choices) if choices else None)
+    return render_messages(tokenizer, task_messages(task, question, docs, answer, choices))
+
+
+def prompt_text(prompt: str | ParallelPrompt) -> str:
+    """A rendered prompt as one string, for a server that tokenises the text itself."""
+    return prompt.concat() if isinstance(prompt, ParallelPrompt) else prompt
+
+
 def rationale_prompt(tokenizer: Any, question: str, answer: str) -> str:
     """RADIO's rationale prompt, as a user turn when the model has a chat template."""
-    text = RATIONALE_PROMPT.format(question=question, answer=answer)
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    return text
+    return render_task(tokenizer, "rationale", question, answer=answer)
 
 
 def answer_continuation(tokenizer: Any, answer: str) -> str:

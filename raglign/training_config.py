@@ -103,7 +103,7 @@ class GumbelOptions(GumbelMaskOptions):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     n: PositiveInt = Field(20, description="candidates per question (the first n; fewer if absent)")
     answer_alias: Literal["best", "first"] = Field(
-        "best", description="which gold alias the loss scores (raglign.signals.base.pick_answer)")
+        "best", description="which gold alias the loss scores (raglign.signals.items.pick_answer)")
 
     @property
     def min_candidates(self) -> int:

@@ -321,7 +321,7 @@ def test_real_models_single_document_equals_concatenated_prompt(name, shared_dat
     from raglign.data.convert import convert
     from raglign.data.io import read_rows
     from raglign.models.registry import load_tokenizer, resolve_model
-    from raglign.signals.base import pick_answer
+    from raglign.signals.items import pick_answer
 
     convert("hotpotqa", shared_data / "hotpotqa" / "hotpotqa_train.json", tmp_path / "rows",
             limit=1)

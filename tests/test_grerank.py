@@ -36,7 +36,8 @@ from raglign.objectives.gumbel import (
     hard_topk_mask,
     stochastic_subset_mask,
 )
-from raglign.signals.base import Item, row_seed
+from raglign.signals.base import row_seed
+from raglign.signals.items import Item
 
 QUERIES = [
     ("What is the capital of France?", "Paris",

@@ -19,7 +19,7 @@ import torch
 
 from raglign.errors import ConfigError
 from raglign.models import vllm_backend as vb
-from raglign.pipeline import label_llm
+from raglign.pipeline.label import llm as label_llm
 from raglign.pipeline.label import label_in_process, load_label_config, run_label
 from raglign.signals.base import Generate, Score
 

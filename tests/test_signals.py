@@ -24,8 +24,9 @@ from raglign.pipeline.label import LabelConfig, label_rows
 from raglign.pipeline.shards import REJECT_COL
 from raglign.prompts import qa_prompt, rationale_prompt
 from raglign.signals import SIGNALS, Models
-from raglign.signals.base import Generate, pick_answer, row_seed
+from raglign.signals.base import Generate, row_seed
 from raglign.signals.dpa import dpa_mix
+from raglign.signals.items import pick_answer
 from raglign.signals.judge import parse_judgement
 
 QUESTION = "What is the capital of France?"
@@ -120,7 +121,7 @@ def test_judge_parsing_and_unparseable_are_null_and_counted():
         [2, 1, 0, 0, 2, None, None]
     cfg = _cfg(["judge"])
     item_row = _row()
-    from raglign.pipeline.label import prepare_item
+    from raglign.signals.items import prepare_item
 
     item = prepare_item(item_row, "best")
     reqs = SIGNALS["judge"].requests(item, cfg)
@@ -187,7 +188,7 @@ def test_answer_alias_best_is_the_one_the_documents_state():
 
 
 def test_requests_are_shared_between_answer_quality_and_dpa(models):
-    from raglign.pipeline.label import prepare_item
+    from raglign.signals.items import prepare_item
 
     item = prepare_item(_row(), "best")
     cfg = _cfg(["answer_quality", "dpa"])

@@ -76,8 +76,7 @@ def _ablation(args) -> int:
     from raglign.gumbel.ablation import run_ablation, write_ablation
     from raglign.gumbel.options import SamplingWeightOptions
     from raglign.models.generator import TransformersGenerator
-    from raglign.pipeline.label import prepare_item
-    from raglign.signals.base import Item
+    from raglign.signals.items import Item, prepare_item
 
     options = validate(SamplingWeightOptions, {"init": "normal", **_options(args)},
                        "command line")

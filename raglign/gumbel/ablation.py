@@ -24,7 +24,7 @@ ARMS = {"with_noise": True, "without_noise": False}
 
 def run_ablation(engine, items: Sequence[Any], options: SamplingWeightOptions,
                  progress=print) -> dict[str, Any]:
-    """``items`` are labelling :class:`~raglign.signals.base.Item` s (question, documents,
+    """``items`` are labelling :class:`~raglign.signals.items.Item` s (question, documents,
     answer). Returns the per-step mean max weight of both arms, per-query traces, losses, and
     the uniform level 1/n."""
     import torch

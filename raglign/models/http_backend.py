@@ -5,10 +5,10 @@ server, ``transformers serve``, SGLang, hosted APIs): the preprocess writes the 
 ``payload``, ray's HttpRequestStage POSTs it (rate-limited by ``qps``, retried on 429/5xx) and
 the postprocess reads ``http_response``.
 
-* generation through ``/v1/chat/completions`` sends :func:`raglign.prompts.qa_messages` (or the
-  rationale as one user turn) and lets the server apply its chat template; through
-  ``/v1/completions`` it sends the prompt rendered locally by :mod:`raglign.prompts`, which is
-  what the vLLM and transformers backends see;
+* generation through ``/v1/chat/completions`` sends the task's messages
+  (:func:`raglign.prompts.task_messages`) and lets the server apply its chat template; through
+  ``/v1/completions`` it sends the same messages rendered locally
+  (:func:`raglign.prompts.render_task`), which is what the vLLM and transformers backends see;
 * scoring uses ``/v1/completions`` with ``echo=True, logprobs=1, max_tokens=1``: the server
   returns the log-prob of every prompt token and their character offsets, and the answer is the
   prompt's last ``len(answer)`` characters
@@ -42,16 +42,10 @@ from raglign.models.vllm_backend import (
     row_documents,
     row_field,
     sampling_params,
+    task_inputs,
     tokenizer_for,
 )
-from raglign.prompts import (
-    RATIONALE_PROMPT,
-    answer_continuation,
-    format_document,
-    qa_messages,
-    qa_prompt,
-    rationale_prompt,
-)
+from raglign.prompts import answer_continuation, prompt_text, qa_prompt, render_task, task_messages
 
 
 class HttpConfig(StrictModel):
@@ -107,27 +101,19 @@ def _choice(row: Mapping[str, Any]) -> Mapping[str, Any]:
 def generation_spec(cfg: HttpConfig, task: Task = "qa", params: GenerationParams | None = None,
                     documents_column: str = "candidates",
                     output_column: str | None = None) -> ProcessorSpec:
-    """QA answers or RADIO rationales through ``cfg.endpoint``; adds ``prediction`` /
-    ``rationale`` (or ``output_column``)."""
+    """QA answers, RADIO rationales or ARL2 judgements (``task`` as in
+    :func:`raglign.models.vllm_backend.generation_spec`) through ``cfg.endpoint``; adds
+    ``prediction`` / ``rationale`` / ``judgement`` (or ``output_column``)."""
     if task not in DEFAULT_PARAMS:
         raise ConfigError(f"task: expected one of {sorted(DEFAULT_PARAMS)}, got {task!r}")
     chat = cfg.endpoint == "chat"
     source = None if chat else _tokenizer_source(cfg)
 
     def request(row: dict) -> dict:
-        question = row_field(row, "question")
-        if task == "rationale":
-            answer = row_field(row, "answer")
-            if chat:
-                text = RATIONALE_PROMPT.format(question=question, answer=answer)
-                return {"messages": [{"role": "user", "content": text}]}
-            return {"prompt": rationale_prompt(tokenizer_for(source), question, answer)}
-        docs = row_documents(row, documents_column)
-        choices = as_list(row.get("choices")) or None
+        inputs = task_inputs(row, task, documents_column)
         if chat:
-            reference = "".join(format_document(t, x) for t, x in docs)
-            return {"messages": qa_messages(question, reference, choices)}
-        return {"prompt": qa_prompt(tokenizer_for(source), question, docs, choices)}
+            return {"messages": task_messages(task, **inputs)}
+        return {"prompt": prompt_text(render_task(tokenizer_for(source), task, **inputs))}
 
     return _generation_spec(cfg, params or DEFAULT_PARAMS[task], request,
                             output_column or OUTPUT_COLUMN[task])

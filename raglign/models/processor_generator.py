@@ -34,7 +34,7 @@ from raglign.models.generator import (
 )
 from raglign.models.registry import resolve_model
 from raglign.models.vllm_backend import ProcessorSpec, tokenizer_for
-from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, encode_prompt
+from raglign.prompts import answer_continuation, encode_piece, encode_prompt, prompt_text
 
 INDEX = "request_index"
 
@@ -136,13 +136,9 @@ class HttpGenerator(ProcessorGenerator):
     def scoring_spec(self) -> ProcessorSpec:
         return http_backend.prompt_scoring_spec(self.config)
 
-    @staticmethod
-    def _text(prompt: Prompt) -> str:
-        return prompt.concat() if isinstance(prompt, ParallelPrompt) else prompt
-
     def generation_request(self, prompt: Prompt) -> dict:
-        return {"prompt_text": self._text(prompt)}
+        return {"prompt_text": prompt_text(prompt)}
 
     def scoring_request(self, prompt: Prompt, answer: str) -> dict:
-        return {"prompt_text": self._text(prompt),
+        return {"prompt_text": prompt_text(prompt),
                 "answer_text": answer_continuation(self.tokenizer, answer)}

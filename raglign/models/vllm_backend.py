@@ -1,5 +1,5 @@
-"""vLLM generator backend: ``ray.data.llm`` processors for QA answers, RADIO rationales and
-answer log-likelihoods.
+"""vLLM generator backend: ``ray.data.llm`` processors for QA answers, RADIO rationales, ARL2
+relevance judgements and answer log-likelihoods.
 
 This follows ``ray.data.llm``'s own conventions rather than wrapping them: a raglign
 :class:`VLLMConfig` becomes a real ``vLLMEngineProcessorConfig``; each job is a
@@ -19,13 +19,14 @@ tokenize and detokenize stages:
 * the same ids are what the transformers backend and the parallel-prefill engine score, so a
   vLLM score is comparable with theirs (ray's TokenizeStage would add BOS differently);
 * ray's ChatTemplateStage would re-render messages; prompts.py is the single place prompts are
-  built.
+  built (:func:`raglign.prompts.render_task`).
 
 Request rows (input columns; all others are carried through unchanged):
 
 * ``question`` (str), ``choices`` (list[str] | None, multiple choice), the documents column
   (default ``candidates``: a list of ``{"title", "text", …}``, the canonical schema's candidates);
-* scoring also needs ``answer`` (str); rationales need ``answer`` and use no documents.
+* scoring also needs ``answer`` (str); rationales need ``answer`` and use no documents;
+  judgements need ``answer`` and judge the first document (:func:`task_inputs`).
 
 Reserved column names (added by the processor, removed by its postprocess): see
 :data:`ENGINE_COLUMNS`.
@@ -46,15 +47,9 @@ from raglign.errors import ConfigError, DataError, RaglignError
 from raglign.models.generator import GenerationParams
 from raglign.models.logprobs import prompt_token_logprobs
 from raglign.models.registry import resolve_model
-from raglign.prompts import (
-    answer_continuation,
-    encode_piece,
-    encode_prompt,
-    parallel_prompt,
-    rationale_prompt,
-)
+from raglign.prompts import answer_continuation, encode_piece, encode_prompt, render_task
 
-Task = Literal["qa", "rationale"]
+Task = Literal["qa", "rationale", "judge"]  # raglign.prompts.TASKS
 
 # Columns a request row may not use: ray.data.llm's stages and vLLMOutputData write them.
 ENGINE_COLUMNS = frozenset({
@@ -71,8 +66,12 @@ SOURCE = "generator request rows"
 QA_PARAMS = GenerationParams(max_new_tokens=64, temperature=0.0, top_p=1.0, seed=42)
 # RADIO's reference code: temperature 0.2, top_p 1, seed 42, at most 1000 tokens.
 RATIONALE_PARAMS = GenerationParams(max_new_tokens=1000, temperature=0.2, top_p=1.0, seed=42)
-DEFAULT_PARAMS: dict[str, GenerationParams] = {"qa": QA_PARAMS, "rationale": RATIONALE_PARAMS}
-OUTPUT_COLUMN: dict[str, str] = {"qa": "prediction", "rationale": "rationale"}
+# ARL2's judgement: greedy (a label must not change between runs), a few tokens.
+JUDGE_PARAMS = GenerationParams(max_new_tokens=16, temperature=0.0, top_p=1.0)
+DEFAULT_PARAMS: dict[str, GenerationParams] = {"qa": QA_PARAMS, "rationale": RATIONALE_PARAMS,
+                                               "judge": JUDGE_PARAMS}
+OUTPUT_COLUMN: dict[str, str] = {"qa": "prediction", "rationale": "rationale",
+                                 "judge": "judgement"}
 
 
 class VLLMConfig(StrictModel):
@@ -175,11 +174,28 @@ def row_documents(row: Mapping[str, Any], column: str) -> list[tuple[str | None,
     return out
 
 
+def task_inputs(row: Mapping[str, Any], task: str, documents_column: str) -> dict[str, Any]:
+    """The parts of ``task``'s prompt in a request row, as keyword arguments of
+    :func:`raglign.prompts.render_task` and :func:`~raglign.prompts.task_messages` (shared with
+    the HTTP backend, so both read a row alike): QA and judgements read the documents,
+    rationales and judgements the gold answer."""
+    return {"question": row_field(row, "question"),
+            "docs": () if task == "rationale" else row_documents(row, documents_column),
+            "answer": None if task == "qa" else row_field(row, "answer"),
+            "choices": as_list(row.get("choices")) or None}
+
+
+def task_token_ids(tokenizer: Any, row: Mapping[str, Any], task: str,
+                   documents_column: str) -> list[int]:
+    """Token ids of the row's prompt for ``task``, QA piece by piece (prefix, each document,
+    suffix)."""
+    return encode_prompt(tokenizer, render_task(tokenizer, task,
+                                                **task_inputs(row, task, documents_column)))
+
+
 def qa_token_ids(tokenizer: Any, row: Mapping[str, Any], documents_column: str) -> list[int]:
     """Token ids of the QA prompt, piece by piece (prefix, each document, suffix)."""
-    return encode_prompt(tokenizer, parallel_prompt(
-        tokenizer, row_field(row, "question"), row_documents(row, documents_column),
-        as_list(row.get("choices")) or None))
+    return task_token_ids(tokenizer, row, "qa", documents_column)
 
 
 def scoring_token_ids(tokenizer: Any, row: Mapping[str, Any], documents_column: str,
@@ -191,12 +207,6 @@ def scoring_token_ids(tokenizer: Any, row: Mapping[str, Any], documents_column: 
     if not answer:
         raise DataError(SOURCE, row.get("id"), answer_column, "encodes to no tokens")
     return context + answer, len(context)
-
-
-def rationale_token_ids(tokenizer: Any, row: Mapping[str, Any]) -> list[int]:
-    """Token ids of RADIO's rationale prompt for the row's question and gold answer."""
-    text = rationale_prompt(tokenizer, row_field(row, "question"), row_field(row, "answer"))
-    return encode_prompt(tokenizer, text)
 
 
 def carry(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -232,14 +242,13 @@ class ProcessorSpec:
 def generation_spec(cfg: VLLMConfig, task: Task = "qa", params: GenerationParams | None = None,
                     documents_column: str = "candidates",
                     output_column: str | None = None) -> ProcessorSpec:
-    """QA answers (``task="qa"``) or RADIO rationales (``task="rationale"``) as a new column
-    (``prediction`` / ``rationale`` by default)."""
+    """QA answers (``task="qa"``), RADIO rationales (``"rationale"``) or ARL2 judgements
+    (``"judge"``) as a new column (``prediction`` / ``rationale`` / ``judgement`` by default)."""
     if task not in DEFAULT_PARAMS:
         raise ConfigError(f"task: expected one of {sorted(DEFAULT_PARAMS)}, got {task!r}")
 
     def ids_of(tok, row: dict) -> list[int]:
-        return (qa_token_ids(tok, row, documents_column) if task == "qa"
-                else rationale_token_ids(tok, row))
+        return task_token_ids(tok, row, task, documents_column)
 
     return _generation_spec(cfg, params or DEFAULT_PARAMS[task], ids_of,
                             output_column or OUTPUT_COLUMN[task])

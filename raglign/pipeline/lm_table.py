@@ -34,8 +34,7 @@ def load_lm_table(path: str, options: Any, objective: str, limit: int | None = N
     before ``limit`` counts.
     """
     from raglign.models.rerankers import doc_text
-    from raglign.pipeline.label import gold_answers, prepare_item
-    from raglign.signals.base import Item
+    from raglign.signals.items import Item, gold_answers, prepare_item
 
     cols: dict[str, list[Any]] = {k: [] for k in ("id", "question", "docs", "titles", "texts",
                                                   "choices", "answer", "answers")}

@@ -11,7 +11,8 @@ the two are the same prompt, so they agree to float tolerance.
 
 from __future__ import annotations
 
-from raglign.signals.base import Item, Labels, LikelihoodSignal, Score
+from raglign.signals.base import Labels, LikelihoodSignal, Score
+from raglign.signals.items import Item
 
 
 class AnswerLogprob(LikelihoodSignal):

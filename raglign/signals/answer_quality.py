@@ -11,10 +11,24 @@ metric to get both. The generations are shared with ``dpa`` (same prompts, dedup
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import PositiveInt
+
+from raglign.config import StrictModel
 from raglign.metrics import exact_match, f1_score, sub_exact_match
-from raglign.signals.base import Generate, Item, Labels, Signal
+from raglign.signals.base import Generate, Labels, Signal
+from raglign.signals.items import Item
 
 METRICS = {"f1": f1_score, "em": exact_match, "subem": sub_exact_match}
+
+
+class AnswerQualityOptions(StrictModel):
+    """``answer_quality:`` RRR: the single-document answer's quality (also the generation
+    ``dpa`` reuses, so its ``max_new_tokens`` applies to both)."""
+
+    metric: Literal["f1", "em", "subem"] = "f1"
+    max_new_tokens: PositiveInt = 32
 
 
 def single_doc_answers(item: Item, cfg) -> list[Generate]:

@@ -10,23 +10,17 @@ it sits, which is exactly the bias parallel prefill removes.
 
 from __future__ import annotations
 
-from raglign.errors import ConfigError
-from raglign.signals.base import Labels, Signal, require_parallel
+from raglign.signals.base import Labels, Signal
 
 
 class Attention(Signal):
     name = "attention"
     summary = "answer tokens' value-weighted attention mass per document (ADist)"
     higher_is_better = True  # the answer attends to this document more
+    contexts = ("parallel",)  # no concat variant: see the module docstring
 
-    def needs(self, cfg):
-        return {"engine"}
-
-    def check(self, cfg):
-        require_parallel(self, cfg)
-        if cfg.context != "parallel":
-            raise ConfigError("signal 'attention' is read from the parallel-prefill engine: "
-                              "set context: parallel (got concat)")
+    def engine_use(self, context):
+        return "reads the answer tokens' attention weights"
 
     def compute(self, item, results, models, cfg):
         cache = models.engine_cache(item)

@@ -19,23 +19,27 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 
-from raglign.errors import ConfigError
-from raglign.metrics import normalize_answer
+from raglign.signals.items import Doc, Item
 
 if TYPE_CHECKING:
-    from raglign.pipeline.label import LabelConfig
+    from raglign.signals.settings import SignalSettings
 
-
-Doc = tuple[str | None, str]
+BACKENDS = ("transformers", "vllm", "http")
+CONTEXTS = ("parallel", "concat")
+# The one backend that holds the parallel-prefill document engine: vLLM and OpenAI-compatible
+# servers expose neither attention weights nor masked attention over a shared prefill.
+ENGINE_BACKEND = "transformers"
 
 
 @dataclass(frozen=True)
 class Generate:
     """Generate a continuation of one of the papers' prompts, described by its parts (not a
-    rendered string) so that every backend renders it its own way from :mod:`raglign.prompts`.
+    rendered string) so that every backend renders it in the form it sends, all from
+    :func:`raglign.prompts.render_task` / :func:`~raglign.prompts.task_messages`.
 
-    ``task``: ``qa`` (the QA prompt over ``docs``), ``rationale`` (RADIO's prompt with
-    ``answer``) or ``judge`` (ARL2's relevance prompt: ``docs`` holds the one document).
+    ``task`` (:data:`raglign.prompts.TASKS`): ``qa`` (the QA prompt over ``docs``),
+    ``rationale`` (RADIO's prompt with ``answer``) or ``judge`` (ARL2's relevance prompt:
+    ``docs`` holds the one document).
     ``seed`` is per request (vLLM semantics): a sampled output must not depend on which other
     prompts share its batch.
     """
@@ -50,10 +54,22 @@ class Generate:
     top_p: float = 1.0
     seed: int | None = None
 
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The request's sampling settings as the fields of
+        :class:`~raglign.models.generator.GenerationParams`, the one form every backend builds
+        its own from (in process, vLLM, OpenAI API). A greedy request carries no seed: it would
+        change no output, only split the transformers backend's generation groups."""
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
+                "top_p": self.top_p, "seed": self.seed if self.temperature > 0 else None}
+
 
 @dataclass(frozen=True)
 class Score:
     """log p(answer | the QA prompt over ``docs``), summed over the answer's tokens."""
+
+    # Scored prompts are QA prompts (a class constant, so it stays out of the request's key).
+    task: ClassVar[str] = "qa"
 
     question: str
     docs: tuple[Doc, ...]
@@ -62,33 +78,6 @@ class Score:
 
 
 Request = Generate | Score
-
-
-@dataclass
-class Item:
-    """One query ready for labelling: its row, the gold answer alias used, its documents."""
-
-    row: dict[str, Any]
-    answer: str
-    docs: list[Doc]
-
-    @property
-    def question(self) -> str:
-        return self.row["question"]
-
-    @property
-    def choices(self) -> tuple[str, ...] | None:
-        choices = self.row.get("choices")
-        return tuple(choices) if choices else None
-
-    @property
-    def retrieval_scores(self) -> list[float]:
-        """Retrieval scores, or ``-rank`` for all candidates when any score is missing (a
-        rank is the only retrieval evidence every candidate list has)."""
-        scores = [c.get("score") for c in self.row["candidates"]]
-        if any(s is None for s in scores):
-            return [-float(i) for i in range(len(scores))]
-        return [float(s) for s in scores]
 
 
 @dataclass
@@ -124,51 +113,69 @@ class Models:
 class Signal:
     """One labelling signal. Subclasses set ``name`` (the candidate field it writes) and
     ``higher_is_better``, and implement :meth:`requests` and :meth:`compute`; ``columns`` names
-    top-level columns it adds.
+    top-level columns it adds. Its options are a block of
+    :class:`~raglign.signals.settings.SignalSettings`, defined in the signal's own module.
 
     ``higher_is_better`` is the one place a signal's ranking direction is written: every
     consumer that orders candidates by the field (evaluation, signal evaluation, mining, the
     G-Rerank report) reads it through :mod:`raglign.signals.ranking`. It has no default, so a
     new signal has to decide. A ``None`` value means "not labelled" and ranks after every
     labelled candidate in retrieval order, the same for all signals (see that module).
+
+    Where a signal can run is declared here too, and checked by the job's config through
+    :meth:`unsupported`: ``contexts`` it can be computed in, and :meth:`engine_use`, what it
+    reads from the parallel-prefill document engine, which only the transformers backend has.
     """
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
     columns: ClassVar[dict[str, pa.DataType]] = {}
     summary: ClassVar[str] = ""
+    contexts: ClassVar[tuple[str, ...]] = CONTEXTS
 
-    def needs(self, cfg: LabelConfig) -> set[str]:
+    def engine_use(self, context: str) -> str | None:
+        """What the signal reads from the document engine in ``context``, worded to follow
+        "it" in an error message; None when it needs no engine there (it then runs on every
+        backend, through the requests it declares)."""
+        return None
+
+    def backends(self, context: str) -> tuple[str, ...]:
+        """The backends that can compute this signal in ``context``."""
+        return (ENGINE_BACKEND,) if self.engine_use(context) else BACKENDS
+
+    def unsupported(self, backend: str, context: str) -> str | None:
+        """Why this signal cannot run on ``backend`` in ``context``; None when it can."""
+        if backend not in self.backends(context):
+            return (f"signal {self.name!r} cannot run on backend {backend!r}: it "
+                    f"{self.engine_use(context)}, and vLLM and OpenAI-compatible servers expose "
+                    "neither attention internals nor masked attention; use backend: transformers "
+                    "for it")
+        if context not in self.contexts:
+            return (f"signal {self.name!r} exists in context: {' or '.join(self.contexts)} only "
+                    f"(got {context}); set context: {self.contexts[0]}")
+        return None
+
+    def needs(self, cfg: SignalSettings) -> set[str]:
         """Models this signal needs under ``cfg``: a subset of {generator, engine, encoder}."""
-        return {"generator"}
+        return {"engine"} if self.engine_use(cfg.context) else {"generator"}
 
-    def check(self, cfg: LabelConfig) -> None:
-        """Raise :class:`ConfigError` when ``cfg`` cannot compute this signal."""
-
-    def requests(self, item: Item, cfg: LabelConfig) -> list[Request]:
+    def requests(self, item: Item, cfg: SignalSettings) -> list[Request]:
         return []
 
     def compute(self, item: Item, results: Mapping[Request, Any], models: Models,
-                cfg: LabelConfig) -> Labels:
+                cfg: SignalSettings) -> Labels:
         raise NotImplementedError
-
-
-def require_parallel(signal: Signal, cfg: LabelConfig) -> None:
-    if cfg.backend != "transformers":
-        raise ConfigError(f"signal {signal.name!r} needs the parallel-prefill engine, which runs "
-                          f"on backend 'transformers' only (got backend {cfg.backend!r})")
 
 
 class LikelihoodSignal(Signal):
     """An answer likelihood under some documents: read from the document engine with
     ``context: parallel``, or scored as ordinary concatenated prompts by any generator backend."""
 
-    def needs(self, cfg: LabelConfig) -> set[str]:
-        return {"engine"} if cfg.context == "parallel" else {"generator"}
-
-    def check(self, cfg: LabelConfig) -> None:
-        if cfg.context == "parallel":
-            require_parallel(self, cfg)
+    def engine_use(self, context: str) -> str | None:
+        if context != "parallel":
+            return None
+        return ("scores in context: parallel with masked attention over a shared prefill "
+                "(set context: concat to score ordinary prompts through the backend)")
 
 
 def row_seed(seed: int, row_id: str) -> int:
@@ -176,24 +183,3 @@ def row_seed(seed: int, row_id: str) -> int:
     whichever rows share its batch, and a resumed job reproduces it."""
     digest = hashlib.sha256(f"{seed}:{row_id}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
-
-
-def pick_answer(answers: list[str], candidates: list[Mapping[str, Any]], policy: str) -> str:
-    """The gold alias the likelihood signals condition on.
-
-    ``first``: the dataset's first alias. ``best``: the alias that the most candidate documents
-    contain (SQuAD-normalised substring match; ties go to the earlier alias), i.e. the surface
-    form the retrieved evidence actually states — scoring an alias no document uses measures
-    the LLM's prior rather than the documents. Falls back to the first alias.
-    """
-    answers = [a for a in answers if a and a.strip()]
-    if policy == "first" or len(answers) == 1:
-        return answers[0]
-    texts = [normalize_answer(f"{c.get('title') or ''} {c.get('text') or ''}") for c in candidates]
-    best, best_hits = answers[0], -1
-    for a in answers:
-        na = normalize_answer(a)
-        hits = sum(1 for t in texts if na and f" {na} " in f" {t} ")
-        if hits > best_hits:
-            best, best_hits = a, hits
-    return best

@@ -16,8 +16,20 @@ breaks ties within each group (rank 0 scores 1, the last rank 1/n, so ties never
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
+from raglign.config import StrictModel
 from raglign.signals.answer_quality import answer_scores, single_doc_answers
 from raglign.signals.base import Labels, Signal
+
+
+class DpaOptions(StrictModel):
+    """``dpa:`` DPA-RAG: α·correct + (1-α)·(1 - rank/n)."""
+
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    correct: Literal["subem", "em"] = "subem"
 
 
 def dpa_mix(correct: list[float | None], alpha: float) -> list[float | None]:

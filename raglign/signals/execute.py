@@ -15,25 +15,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from raglign.models.generator import GenerationParams
-from raglign.prompts import ParallelPrompt, parallel_prompt, rationale_prompt
+from raglign.prompts import ParallelPrompt, render_task
 from raglign.signals.base import Generate, Request, Score
-from raglign.signals.judge import judge_prompt
-
-
-def _choices(req) -> list[str] | None:
-    return list(req.choices) if req.choices else None
 
 
 def render(req: Request, tokenizer) -> str | ParallelPrompt:
-    """The rendered prompt of a request. QA prompts stay cut into pieces (prefix, documents,
-    suffix) so that the backend tokenises them exactly as the document engine does."""
-    if isinstance(req, Score) or req.task == "qa":
-        return parallel_prompt(tokenizer, req.question, list(req.docs), _choices(req))
-    if req.task == "rationale":
-        return rationale_prompt(tokenizer, req.question, req.answer)
-    if req.task == "judge":
-        return judge_prompt(tokenizer, req.question, req.answer, req.docs[0])
-    raise ValueError(f"unknown generation task {req.task!r}")
+    """The rendered prompt of a request (:func:`raglign.prompts.render_task`, as every backend
+    renders it; a scoring request's prompt is the QA prompt)."""
+    return render_task(tokenizer, req.task, req.question, req.docs, req.answer, req.choices)
 
 
 def run_requests(requests: Iterable[Request], generator) -> dict[Request, Any]:
@@ -49,9 +38,7 @@ def run_requests(requests: Iterable[Request], generator) -> dict[Request, Any]:
     groups: dict[GenerationParams, list[Generate]] = {}
     for r in unique:
         if isinstance(r, Generate):
-            params = GenerationParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                      top_p=r.top_p, seed=r.seed if r.temperature > 0 else None)
-            groups.setdefault(params, []).append(r)
+            groups.setdefault(GenerationParams(**r.sampling), []).append(r)
     for params, reqs in groups.items():
         texts = generator.generate([render(r, tok) for r in reqs], params)
         results.update(zip(reqs, texts))

@@ -12,19 +12,19 @@ not depend on its batch, and a resumed job reproduces them.
 
 from __future__ import annotations
 
-from raglign.signals.base import Labels, Signal, require_parallel, row_seed
+from raglign.signals.base import Labels, Signal, row_seed
 
 
 class GumbelWeight(Signal):
+    """Its options block is ``gumbel:``, :class:`raglign.gumbel.options.SamplingWeightOptions`,
+    kept with Algorithm 2 because training and the ablation use it too."""
+
     name = "gumbel_weight"
     summary = "G-Rerank Algorithm 2: learned Gumbel sampling weight per document"
     higher_is_better = True  # Algorithm 2 learned to sample this document more
 
-    def needs(self, cfg):
-        return {"engine"}
-
-    def check(self, cfg):
-        require_parallel(self, cfg)
+    def engine_use(self, context):
+        return "learns document weights through differentiable masked attention"
 
     def compute(self, item, results, models, cfg):
         import torch

@@ -2,7 +2,9 @@
 
 ARL2 has the LLM label each document "relevant / partially relevant / not relevant" knowing the
 gold answer; the reranker then learns from those labels. The labels map to 2 / 1 / 0. Generation
-is greedy (a label must not change between runs) and short (``judge.max_new_tokens``).
+is greedy (a label must not change between runs) and short (``judge.max_new_tokens``). The
+prompt is :data:`raglign.prompts.JUDGE_PROMPT`, beside the other tasks' prompts, so that every
+backend renders it from the one place.
 
 An output that states none of the three labels is *unparseable*: it is stored as ``null`` and
 counted (``judge_unparseable`` in the job summary), never read as "not relevant" — a silent 0
@@ -13,15 +15,17 @@ from __future__ import annotations
 
 import re
 
-from raglign.prompts import format_document, render_messages
-from raglign.signals.base import Generate, Item, Labels, Signal
+from pydantic import PositiveInt
 
-JUDGE_PROMPT = (
-    "You are given a question, its correct answer and a document. Judge whether the document is "
-    "relevant for answering the question with that answer.\n"
-    "Question: {question}\nAnswer: {answer}\nDocument: {document}\n"
-    "Reply with exactly one of: relevant, partially relevant, not relevant.\nJudgement:"
-)
+from raglign.config import StrictModel
+from raglign.signals.base import Generate, Labels, Signal
+from raglign.signals.items import Item
+
+
+class JudgeOptions(StrictModel):
+    """``judge:`` ARL2 relevance judgement: greedy, a few tokens."""
+
+    max_new_tokens: PositiveInt = 16
 
 # Order matters: "not relevant" and "partially relevant" both contain "relevant".
 _LABELS = [
@@ -39,13 +43,6 @@ def parse_judgement(text: str) -> int | None:
         if pattern.search(line):
             return label
     return None
-
-
-def judge_prompt(tokenizer, question: str, answer: str, doc: tuple[str | None, str]) -> str:
-    """The ARL2-style relevance prompt, as a user turn (chat template) or plain text."""
-    content = JUDGE_PROMPT.format(question=question, answer=answer,
-                                  document=format_document(*doc).strip())
-    return render_messages(tokenizer, [{"role": "user", "content": content}])
 
 
 class Judge(Signal):

@@ -13,7 +13,17 @@ document each); ``context: concat`` writes the K-1 remaining documents into an o
 
 from __future__ import annotations
 
-from raglign.signals.base import Item, Labels, LikelihoodSignal, Score
+from pydantic import PositiveInt
+
+from raglign.config import StrictModel
+from raglign.signals.base import Labels, LikelihoodSignal, Score
+from raglign.signals.items import Item
+
+
+class LooOptions(StrictModel):
+    """``loo:`` LOOP: leave-one-out over the top ``k`` candidates (the generator's k2 = 5)."""
+
+    k: PositiveInt = 5
 
 
 class LeaveOneOut(LikelihoodSignal):

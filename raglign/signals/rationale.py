@@ -17,12 +17,28 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pyarrow as pa
+from pydantic import Field, PositiveInt
 
+from raglign.config import StrictModel
 from raglign.prompts import format_document
-from raglign.signals.base import Generate, Item, Labels, Signal, row_seed
+from raglign.signals.base import Generate, Labels, Signal, row_seed
+from raglign.signals.items import Item
 from raglign.signals.mixing import mix_scores
+
+
+class RationaleOptions(StrictModel):
+    """``rationale:`` RADIO's rationale generation and scoring (reference-code defaults)."""
+
+    temperature: float = Field(0.2, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 42
+    max_new_tokens: PositiveInt = 1000
+    similarity: Literal["cosine", "reference"] = "cosine"
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
 
 
 def rationale_similarity(encoder, item: Item, rationale: str, mode: str,
