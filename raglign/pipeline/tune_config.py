@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, ValidationError, model_validator
 
-from raglign.config import JobConfig, StrictModel, format_validation_error, read_yaml
+from raglign.config import JobConfig, StrictModel, format_validation_error, read_yaml, set_dotted
 from raglign.errors import did_you_mean
 from raglign.pipeline.mine import MineConfig
 from raglign.training_config import VALIDATION_METRICS, TrainConfig
@@ -98,17 +98,6 @@ class SchedulerOptions(StrictModel):
     reduction_factor: float = Field(2.0, gt=1, description="1/reduction_factor of the trials go "
                                                            "on at each rung")
     max_t: PositiveInt = Field(100, description="validations after which ASHA stops any trial")
-
-
-def set_dotted(data: dict, dotted: str, value: Any) -> None:
-    """``data["a"]["b"] = value`` for ``"a.b"``, creating mappings on the way."""
-    node = data
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        child = node.get(part)
-        node[part] = child = dict(child) if isinstance(child, dict) else {}
-        node = child
-    node[leaf] = value
 
 
 def base_recipe(value: str | dict, job: str) -> tuple[dict, str]:
