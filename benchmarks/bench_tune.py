@@ -4,8 +4,8 @@
   validation MRR over 30 % of its questions (held out by the id hash): the
   ``jobs/tune_radio_alpha_hotpotqa.yaml`` sweep with its laptop settings (MiniLM bi-encoder,
   2 epochs, lr 6e-5), FIFO. Figure: ``metric_vs_params.png`` of that sweep.
-* **asha**: the same 8-trial sweep (alpha 0 / 0.25 / 0.75 / 1 x lr 2e-5 / 1e-4, 6 epochs,
-  validation every 3 steps) under FIFO and under ASHA (grace 1 validation, reduction factor 2):
+* **asha**: the same 8-trial sweep (alpha 0 / 0.25 / 0.75 / 1 x lr 2e-5 / 1e-4, 4 epochs,
+  validation every 2 steps) under FIFO and under ASHA (grace 1 validation, reduction factor 2):
   wall time ratio, and each best trial's MRR with a bootstrap 95 % CI over the validation
   questions (``raglign eval`` of its best checkpoint).
 * **overhead**: one trial through ``raglign tune`` against the same ``raglign train`` run
@@ -114,7 +114,7 @@ def main() -> None:
     if "asha" in parts:
         space = {"param_space.mine.alpha": {"grid": [0.0, 0.25, 0.75, 1.0]},
                  "param_space.train.lr": {"grid": [2e-5, 1e-4]},
-                 "train.epochs": 6, "train.eval_every": 3}
+                 "train.epochs": 4, "train.eval_every": 2}
         compared = {}
         for name, scheduler in (("fifo", {"name": "fifo"}),
                                 ("asha", {"name": "asha", "grace_period": 1,
