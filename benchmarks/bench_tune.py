@@ -16,6 +16,8 @@ Input: labelled rows with ``rationale_score`` = the pure rationale similarity
 split labelled by SmolLM2-135M.
 
     python benchmarks/bench_tune.py --labelled runs/hotpotqa/radio_labelled --out runs/tune_bench
+
+``--parts alpha,overhead`` runs some parts; each run adds its parts to ``OUT/bench_tune.json``.
 """
 
 from __future__ import annotations
@@ -98,7 +100,9 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out).resolve()
     labelled = str(Path(args.labelled).resolve())
-    results: dict = {"labelled": labelled}
+    saved = out / "bench_tune.json"  # parts run separately add to one file
+    results: dict = json.loads(saved.read_text()) if saved.exists() else {}
+    results["labelled"] = labelled
     parts = args.parts.split(",")
 
     if "alpha" in parts:
@@ -150,7 +154,7 @@ def main() -> None:
                                "ratio": round(tune_s / train_s, 3)}
 
     results["date"] = time.strftime("%Y-%m-%d")
-    (out / "bench_tune.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    saved.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(json.dumps(results, indent=2, default=str))
 
 

@@ -157,6 +157,35 @@ def serve(cmd: list[str], port: int, log: Path, ready_path: str, timeout: float 
 
 
 @pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory, tiny_llama, smollm_tokenizer) -> str:
+    """The tiny Llama saved to disk, as a generator path for jobs that load it themselves."""
+    path = tmp_path_factory.mktemp("tiny-llm")
+    tiny_llama.save_pretrained(path)
+    smollm_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def kill_cli_when(args: list[str], done, what: str, timeout: float = 120) -> None:
+    """Run ``python -m raglign ARGS`` and SIGKILL its whole process group once ``done()`` is
+    true (the state a resumption test starts from); fail if it ends first or takes too long."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "raglign", *args], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert proc.poll() is None, f"the run ended before {what}"
+            assert time.monotonic() < deadline, f"not {what} within {timeout} s"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
 def smollm_dir() -> str:
     from raglign.models.registry import resolve_model
 

@@ -16,6 +16,7 @@ import pytest
 from raglign.data.io import write_rows
 from raglign.data.schema import candidate, make_row
 from raglign.ray_session import worker_output_to
+from test_train import groups_dir, tiny_bert_dir  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 # What Ray prints by itself: its log lines, Ray Data's execution plan and progress tables, the
@@ -93,3 +94,22 @@ def test_worker_lines_go_to_the_file_and_worker_bars_to_the_terminal(tmp_path, c
     terminal = capfd.readouterr()
     assert "[train] steps:" in terminal.err  # a tqdm bar, drawn by Ray's own bar manager
     assert "process group" not in terminal.out + terminal.err
+
+
+def test_a_train_job_prints_its_lines_and_a_bar_of_steps(tmp_path, tiny_bert_dir, groups_dir):
+    """Ray Train workers' lines go to ray.log; rank 0's bar of steps reaches the terminal."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "raglign", "train", groups_dir, str(out), "--model",
+           tiny_bert_dir, "--max-length", "32", "--batch-size", "8", "--epochs", "1",
+           "--num-workers", "1", "--max-steps", "3"]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Ray's output: {out / 'ray.log'} (raglign --verbose shows it here)" in proc.stdout
+    assert all(line.startswith(("[raglign train]", "Ray's output", "trained ", "model: ",
+                                "metrics: ", "stopped at max_steps"))
+               for line in proc.stdout.splitlines()), proc.stdout
+    assert "[raglign train] steps: 100%" in proc.stderr and "3.00/3.00" in proc.stderr  # the bar
+    terminal = proc.stdout + proc.stderr
+    assert not [m for m in RAY_MARKS + ("(RayTrainWorker",) if m in terminal], terminal[-3000:]
+    assert "(RayTrainWorker pid=" in (out / "ray.log").read_text()

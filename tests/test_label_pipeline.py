@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -23,16 +20,7 @@ from raglign.errors import ConfigError
 from raglign.pipeline.label import (LabelConfig, ShardWorker, label_in_process, map_shards,
                                     run_label)
 from raglign.pipeline.shards import plan_shards
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_llama, smollm_tokenizer):
-    path = tmp_path_factory.mktemp("tiny-llm")
-    tiny_llama.save_pretrained(path)
-    smollm_tokenizer.save_pretrained(path)
-    return str(path)
+from conftest import kill_cli_when
 
 
 @pytest.fixture(scope="module")
@@ -117,19 +105,8 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_rows(ray_local, tmp_pat
                judge={"max_new_tokens": 16})
     recipe = tmp_path / "job.yaml"
     recipe.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
-    cmd = [sys.executable, "-m", "raglign", "label", "--config", str(recipe), "--address", address]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list((out / "_shards").glob("*.json")):
-            assert proc.poll() is None, "the labelling run ended before writing a partition"
-            assert time.monotonic() < deadline, "no partition written within 120 s"
-            time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_cli_when(["label", "--config", str(recipe), "--address", address],
+                  lambda: list((out / "_shards").glob("*.json")), "a partition was written")
     finished = len(list((out / "_shards").glob("*.json")))
     assert 1 <= finished < 5, f"{finished} of 5 shards were done at the kill: nothing to resume"
     lines = []

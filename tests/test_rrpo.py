@@ -23,7 +23,7 @@ from raglign.objectives.rrpo import (action_log_probs, greedy_episode, normalize
                                      plackett_luce_sample, reference_anchored_advantages,
                                      rrpo_loss, step_log_policies)
 from raglign.training_config import TrainConfig
-from test_train_gumbel import _rows, canonical_dir, generator_dir  # noqa: F401 (fixtures)
+from test_train_gumbel import _rows, canonical_dir  # noqa: F401 (fixture)
 
 
 def pl_probability(logits: list[float], order: tuple[int, ...]) -> float:
@@ -184,14 +184,14 @@ def test_rows_with_fewer_than_k_candidates_are_errors(tmp_path, tiny_bert_dir):
 
 
 @pytest.fixture(scope="module")
-def loss_parts(canonical_dir, tiny_bert_dir, generator_dir, tmp_path_factory):
+def loss_parts(canonical_dir, tiny_bert_dir, tiny_dir, tmp_path_factory):
     from raglign.pipeline.lm_table import load_lm_table
     from raglign.training.batches import make_batch
     from raglign.training.losses.rrpo import RRPOLoss
     from raglign.training.reranker import build_reranker
     from raglign.training.reranker import scorer_class as _scorer_class
 
-    cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path_factory.mktemp("o"))
+    cfg = _cfg(canonical_dir, tiny_bert_dir, tiny_dir, tmp_path_factory.mktemp("o"))
     table, _ = load_lm_table(canonical_dir, cfg.rrpo, "rrpo", min_candidates=2)
     return cfg, make_batch(table, [0, 1, 2]), RRPOLoss(cfg, torch.device("cpu")), build_reranker(cfg)
 
@@ -268,11 +268,11 @@ def test_loss_trains_the_reranker_only_and_reports_means(loss_parts):
 
 
 def test_ray_train_rrpo_trains_resumes_and_exports(tmp_path, ray_local, canonical_dir,
-                                                   tiny_bert_dir, generator_dir):
+                                                   tiny_bert_dir, tiny_dir):
     from raglign.models.rerankers import load_reranker
     from raglign.pipeline.train import build_reranker, train
 
-    cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path / "out")
+    cfg = _cfg(canonical_dir, tiny_bert_dir, tiny_dir, tmp_path / "out")
     initial = {k: v.clone() for k, v in build_reranker(cfg).state_dict().items()}
     first = train(cfg.model_copy(update={"max_steps": 2}))
     assert (first.step, first.total_steps) == (2, 4)

@@ -24,14 +24,6 @@ FACTS = [("France", "Paris"), ("Italy", "Rome"), ("Norway", "Oslo"), ("Spain", "
          ("Japan", "Tokyo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago")]
 
 
-@pytest.fixture(scope="module")
-def generator_dir(tmp_path_factory, tiny_llama, smollm_tokenizer) -> str:
-    path = tmp_path_factory.mktemp("tiny_llama")
-    tiny_llama.save_pretrained(path)
-    smollm_tokenizer.save_pretrained(path)
-    return str(path)
-
-
 def _rows() -> list[dict]:
     rows = []
     for i, (country, capital) in enumerate(FACTS):
@@ -92,7 +84,7 @@ def test_table_takes_first_n_candidates_and_rows_without_answers_are_errors(tmp_
 
 
 def test_loss_is_gumbel_lm_loss_and_reaches_the_reranker_only(
-        tmp_path, canonical_dir, tiny_bert_dir, generator_dir):
+        tmp_path, canonical_dir, tiny_bert_dir, tiny_dir):
     """One micro-batch through the trainer's loss equals the direct computation with the same
     noise; the backward fills the reranker's gradients and none of the LLM's."""
     from raglign.objectives.gumbel import gumbel_lm_loss
@@ -102,7 +94,7 @@ def test_loss_is_gumbel_lm_loss_and_reaches_the_reranker_only(
     from raglign.training.reranker import build_reranker
     from raglign.training.reranker import scorer_class as _scorer_class
 
-    cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path)
+    cfg = _cfg(canonical_dir, tiny_bert_dir, tiny_dir, tmp_path)
     table, _ = load_lm_table(canonical_dir, cfg.gumbel, "gumbel")
     batch = make_batch(table, [0, 1])  # 3 and 3 candidates (row 1's fourth is past n)
     loss_fn = GumbelLoss(cfg.gumbel, torch.device("cpu"))
@@ -130,11 +122,11 @@ def test_loss_is_gumbel_lm_loss_and_reaches_the_reranker_only(
 
 
 def test_ray_train_gumbel_trains_the_reranker_resumes_and_exports(
-        tmp_path, ray_local, canonical_dir, tiny_bert_dir, generator_dir):
+        tmp_path, ray_local, canonical_dir, tiny_bert_dir, tiny_dir):
     from raglign.models.rerankers import load_reranker
     from raglign.pipeline.train import build_reranker, train
 
-    cfg = _cfg(canonical_dir, tiny_bert_dir, generator_dir, tmp_path / "out")
+    cfg = _cfg(canonical_dir, tiny_bert_dir, tiny_dir, tmp_path / "out")
     initial = {k: v.clone() for k, v in build_reranker(cfg).state_dict().items()}
     first = train(cfg.model_copy(update={"max_steps": 2}))
     assert (first.step, first.total_steps) == (2, 4) and first.checkpoint.endswith("step-00000002")
@@ -154,4 +146,4 @@ def test_ray_train_gumbel_trains_the_reranker_resumes_and_exports(
     changed = [k for k in initial if not torch.equal(initial[k], after[k])]
     assert len(changed) > len(initial) // 2, changed
     card = (second.model_dir / "README.md").read_text()
-    assert "objective: gumbel" in card and generator_dir in card and "top-2 mask" in card
+    assert "objective: gumbel" in card and tiny_dir in card and "top-2 mask" in card

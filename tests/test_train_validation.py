@@ -25,7 +25,6 @@ from raglign.data.split import is_test
 from raglign.errors import ConfigError
 from raglign.training_config import VALIDATION_METRICS, TrainConfig
 from test_train import tiny_bert_dir  # noqa: F401 (fixture: the dropout-free BERT)
-from test_train_gumbel import generator_dir  # noqa: F401 (fixture)
 
 WORDS = ["apple", "river", "piano", "tiger", "copper", "violet", "harbor", "candle", "meadow",
          "falcon", "glacier", "lantern", "orchid", "pepper", "saddle", "thunder"]
@@ -296,10 +295,10 @@ def test_every_score_objective_validates(tmp_path, data, tiny_bert_dir, objectiv
 
 @pytest.mark.parametrize("objective", ["gumbel", "rrpo"])
 def test_generator_objectives_validate_on_their_own_held_out_questions(
-        tmp_path, data, tiny_bert_dir, generator_dir, objective):
+        tmp_path, data, tiny_bert_dir, tiny_dir, objective):
     from raglign.pipeline.train import train
 
-    block = {"generator": generator_dir, "dtype": "float32", "n": 4, "k": 2}
+    block = {"generator": tiny_dir, "dtype": "float32", "n": 4, "k": 2}
     if objective == "rrpo":
         block["reward"] = "logprob"
     result = train(_cfg(data, tiny_bert_dir, tmp_path / "out", data=data["canonical"],

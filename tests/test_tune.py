@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +26,7 @@ from raglign.data.io import write_rows
 from raglign.errors import ConfigError
 from raglign.pipeline.tune import _finished_trials, check_fits
 from raglign.pipeline.tune_config import TuneJobConfig
+from conftest import kill_cli_when
 from test_train import tiny_bert_dir  # noqa: F401 (fixture: the dropout-free BERT)
 from test_train_validation import _canonical
 
@@ -251,20 +247,11 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, ray_
                max_concurrent_trials=1)
     recipe.write_text(json.dumps(job.model_dump(mode="json")))
     address = ray_local.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "raglign", "tune", "--config", str(recipe), "--address", address]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        # Killed once Tune's saved experiment state records a finished trial.
-        while not (out / "ray" / "tune").is_dir() or not _finished_trials(str(out / "ray" / "tune")):
-            assert proc.poll() is None, "the sweep ended before its first trial finished"
-            assert time.monotonic() < deadline, "no trial finished within 300 s"
-            time.sleep(0.5)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    experiment = out / "ray" / "tune"
+    # Killed once Tune's saved experiment state records a finished trial.
+    kill_cli_when(["tune", "--config", str(recipe), "--address", address],
+                  lambda: experiment.is_dir() and _finished_trials(str(experiment)),
+                  "a trial finished", timeout=300)
     first = list(out.glob("trials/*/train_result.json"))
     assert len(first) == 1, "both trials finished before the kill: nothing to resume"
     stamp = {p: p.stat().st_mtime_ns for p in first[0].parent.iterdir()}
@@ -311,3 +298,34 @@ def test_recipes_load_as_written_and_with_their_laptop_settings(monkeypatch, nam
     laptop = load_tune_job(str(recipe), parse_sets(sets))
     assert check_fits(laptop, [{"CPU": 2.0, "memory": 8e9}]) >= 1
     assert laptop.grid_size() < job.grid_size()
+
+
+def test_a_sweep_where_no_trial_beats_the_start_says_so(tmp_path, labelled):
+    """Trials that only tie the starting model: best.json names no checkpoint and the report
+    says to keep the starting model; results.csv keeps every trial's numbers."""
+    from types import SimpleNamespace
+
+    from raglign.pipeline.tune_report import write_outputs
+
+    job = _job(tmp_path, "minilm-l6", labelled, param_space={"train.lr": {"grid": [1e-3, 1e-2]}},
+               mine=None, train=_train("minilm-l6", data=labelled)).resolved()
+    out = tmp_path / "sweep"
+    out.mkdir()
+
+    def result(trial: str, lr: float, later: float) -> SimpleNamespace:
+        rows = [{"step": 0, "val_mrr": 0.8, "total_steps": 4, "eval_round": 0},
+                {"step": 2, "val_mrr": 0.8, "total_steps": 4, "eval_round": 1,
+                 "checkpoint_path": f"/ckpt/{trial}/2"},
+                {"step": 4, "val_mrr": later, "total_steps": 4, "eval_round": 2,
+                 "checkpoint_path": f"/ckpt/{trial}/4"}]
+        return SimpleNamespace(metrics={**rows[-1], "trial_id": trial, "time_total_s": 9.0},
+                               metrics_dataframe=pd.DataFrame(rows), error=None,
+                               path=str(out / trial), config={"train.lr": lr})
+
+    summary = write_outputs(job, [result("t1", 1e-3, 0.7), result("t2", 1e-2, 0.75)], out)
+    best = json.loads((out / "best.json").read_text())
+    assert (best["beats_starting_model"], best["checkpoint"], best["step"]) == (False, None, 0)
+    assert summary["beats_starting_model"] is False
+    assert "**No trial beat the starting model**" in (out / "report.md").read_text()
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["final_val_mrr"]) == [0.7, 0.75] and set(results["status"]) == {"finished"}

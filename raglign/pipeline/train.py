@@ -132,12 +132,14 @@ def _best_trained(cfg: TrainConfig, result, local: bool) -> tuple[Any, dict] | N
     return max(ranked, key=lambda cm: cm[1][attribute]) if ranked else None
 
 
-def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True,
+          step_bar: bool = True) -> TrainResult:
     """Run (or resume) the training job and export ``OUTPUT/model``, metrics and loss curve.
 
     ``callbacks`` go to Ray Train's ``RunConfig`` (a tune trial passes ``TuneReportCallback``);
     ``export=False`` leaves the model in its checkpoint (a sweep exports none of its trials: the
-    best one's recipe and checkpoint are in the sweep's ``best.json``).
+    best one's recipe and checkpoint are in the sweep's ``best.json``); ``step_bar=False``
+    leaves out rank 0's bar of steps (a sweep's trials report a line each instead).
     """
     from raglign.pipeline.train_loop import train_loop_per_worker
     from raglign.pipeline.train_validation import held_out, load_validation
@@ -172,6 +174,7 @@ def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True) -> Tr
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": cfg.model_dump(mode="json"), "validation": validation,
+                               "step_bar": step_bar,
                                "table": table if local else ray.put(table)},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,

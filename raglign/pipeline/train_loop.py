@@ -59,6 +59,22 @@ def _console_line(metrics: dict, total: int, extra: list[str], validation) -> st
     return line
 
 
+def _step_bar(local: bool, total: int, done: int):
+    """Rank 0's bar of optimizer steps, drawn on the driver's terminal: a plain tqdm in local
+    mode (the loop runs there), else Ray's ``tqdm_ray``, whose state updates the driver draws
+    even while the worker's printed lines go to ray.log (raglign.ray_session)."""
+    if local:
+        from raglign.console import progress_bar
+
+        bar = progress_bar(total, "[raglign train] steps", unit="step")
+    else:
+        from ray.experimental.tqdm_ray import tqdm
+
+        bar = tqdm(total=total, desc="[raglign train] steps", unit="step")
+    bar.update(done)
+    return bar
+
+
 def train_loop_per_worker(loop_config: dict) -> dict | None:
     """One Ray Train worker: restore, then optimizer steps over the seeded global batches.
 
@@ -118,6 +134,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
             print(_console_line(metrics, total, [], validation), flush=True)
         ray.train.report(metrics)
 
+    bar = _step_bar(local, stop_at, step) if rank == 0 and loop_config["step_bar"] else None
     local_best: tuple[Path, dict] | None = None
     window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
     perm_epoch, perm = -1, []
@@ -142,6 +159,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         window_loss, window_pairs, window_steps = window_loss + step_loss, window_pairs + step_pairs, window_steps + 1
+        if bar is not None:
+            bar.update(1)
 
         checkpoint_now = step % cfg.checkpoint_every == 0 or step == stop_at
         # Every checkpoint is validated, so Ray Train can rank all of them by the metric.
@@ -190,6 +209,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         else:
             ray.train.report(metrics)
         window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
+    if bar is not None:
+        bar.close()
     if local_best is None:
         return None
     return {"best_checkpoint": str(local_best[0]), "best_metrics": local_best[1]}

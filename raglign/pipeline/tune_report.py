@@ -129,10 +129,11 @@ def write_outputs(cfg, grid, out: Path) -> dict[str, Any]:
         top = ranked[0]
         values = {k: top[k] for k in keys}
         recipe = best_recipe(cfg, values)
-        beats = top["best_step"] != 0
+        base = top[f"base_{metric}"]
+        beats = base is None or (top[best_col] > base if mode == "max" else top[best_col] < base)
         best = {"trial_id": top["trial_id"], "metric": metric, "mode": mode,
-                "value": top[best_col], "step": top["best_step"],
-                "base_value": top[f"base_{metric}"], "beats_starting_model": beats,
+                "value": top[best_col], "step": top["best_step"] if beats else 0,
+                "base_value": base, "beats_starting_model": beats,
                 "checkpoint": top["checkpoint"] if beats else None, "values": values,
                 "recipe": recipe.model_dump(mode="json"),
                 "run": f"raglign train --config {out / 'best_train.yaml'}"}

@@ -44,4 +44,5 @@ def run_trial(config: dict, job: dict) -> None:
     train_cfg, _ = cfg.recipes(config, trial_dir=str(out / "trials" / trial_id),
                                mined_dir=str(mined) if mined else None)
     train_cfg.storage_path = f"{storage(cfg)}/train"
-    train(train_cfg, callbacks=(ValidationReports(cfg.score_metric),), export=False)
+    train(train_cfg, callbacks=(ValidationReports(cfg.score_metric),), export=False,
+          step_bar=False)
