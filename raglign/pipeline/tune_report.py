@@ -176,7 +176,8 @@ def _report(cfg, frame, ranked, summary) -> str:
         f"best_{metric}", ascending=cfg.mode == "min", na_position="last")
         .drop(columns=["checkpoint"])), "",
         f"## {metric} against each swept setting", "",
-        "Each point is a trial's best validation; the dashed line is the starting model.", "",
+        "Per trial: the best validation (filled; what `raglign train` would export) and the "
+        "last step's (hollow); the dashed line is the starting model.", "",
         "![metric against settings](metric_vs_params.png)", "",
         "## Validation curves", "", "![validation curves](curves.png)", ""]
     return "\n".join(lines)
@@ -195,42 +196,46 @@ def _missing(value) -> bool:
 
 
 def _plot_vs_params(cfg, ranked: list[dict], path: Path) -> None:
+    """One panel per swept setting that took more than one value: each trial's best validation
+    (filled; the starting model included, as the export would be) and its final one (hollow),
+    the starting model dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = f"best_{cfg.score_metric}"
-    keys = list(cfg.param_space)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys) + 0.6, 3.6), squeeze=False)
-    bases = [r[f"base_{cfg.score_metric}"] for r in ranked if r[f"base_{cfg.score_metric}"]
-             is not None]
+    metric = cfg.score_metric
+    keys = [k for k in cfg.param_space if len({str(r[k]) for r in ranked}) > 1] or \
+        list(cfg.param_space)[:1]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys) + 0.6, 3.8), squeeze=False)
+    bases = sorted(r[f"base_{metric}"] for r in ranked if r[f"base_{metric}"] is not None)
     for ax, key in zip(axes[0], keys):
-        space = cfg.param_space[key]
         xs = [r[key] for r in ranked]
-        ys = [r[metric] for r in ranked]
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
         if not numeric:  # categorical: one position per value
             labels = list(dict.fromkeys(str(x) for x in xs))
             ax.set_xticks(range(len(labels)), labels)
             xs = [labels.index(str(x)) for x in xs]
-        ax.scatter(xs, ys, color="tab:blue", zorder=3)
-        if numeric and space.kind == "grid" and len(set(xs)) > 1:
-            means = {x: sum(y for xx, y in zip(xs, ys) if xx == x) / xs.count(x)
-                     for x in sorted(set(xs))}
-            ax.plot(list(means), list(means.values()), color="tab:blue", alpha=0.6,
-                    label="mean per value")
-        if space.kind == "loguniform" or (numeric and min(xs) > 0 and max(xs) >= 100 * min(xs)):
+        for column, style in ((f"best_{metric}", {"color": "tab:blue", "label": "best step"}),
+                              (f"final_{metric}", {"facecolors": "none", "color": "tab:orange",
+                                                   "label": "last step"})):
+            ys = [r[column] for r in ranked]
+            ax.scatter(xs, ys, zorder=3, **style)
+            if numeric and cfg.param_space[key].kind == "grid":
+                means = {x: sum(y for xx, y in zip(xs, ys) if xx == x) / xs.count(x)
+                         for x in sorted(set(xs))}
+                ax.plot(list(means), list(means.values()), color=style["color"], alpha=0.5)
+        if cfg.param_space[key].kind == "loguniform" or (
+                numeric and min(xs) > 0 and max(xs) >= 100 * min(xs)):
             ax.set_xscale("log")
         if bases:
-            ax.axhline(sorted(bases)[len(bases) // 2], color="tab:gray", linestyle="--",
+            ax.axhline(bases[len(bases) // 2], color="tab:gray", linestyle="--",
                        label="starting model")
         ax.set_xlabel(key)
-        ax.set_ylabel(f"validation {cfg.score_metric.removeprefix('val_')} (best step)")
+        ax.set_ylabel(f"validation {metric.removeprefix('val_')}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"raglign tune, {cfg.name}: each trial's best validation ({len(ranked)} "
-                 "trials)", fontsize=10)
+    fig.suptitle(f"{Path(cfg.output).name}: {len(ranked)} trials", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
