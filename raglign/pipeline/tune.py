@@ -62,26 +62,29 @@ def mining_key(mine_cfg) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def mine_once(mine_cfg, mined_root: Path, progress=print) -> Path:
-    """The mined directory of ``mine_cfg`` under ``mined_root``, mined by whoever gets there
-    first; ``_summary.json`` is written last, so its presence means the directory is complete."""
+def mined_dir(cfg: TuneJobConfig, values: dict[str, Any]) -> Path | None:
+    """Where the data of a trial with ``values`` is mined: one directory per mining
+    configuration, named by what it computes, so trials that differ only in training settings
+    share it (None without a mine step)."""
+    if cfg.mine is None:
+        return None
+    return Path(cfg.output) / "mined" / mining_key(cfg.recipes(values)[1])
+
+
+def mine_once(cfg: TuneJobConfig, values: dict[str, Any], progress=print) -> Path:
+    """The mined directory of ``values``, mined by whoever gets there first; ``_summary.json``
+    is written last, so its presence means the directory is complete."""
     from filelock import FileLock
 
     from raglign.pipeline.mine import run_mine
 
-    out = mined_root / mining_key(mine_cfg)
-    mined_root.mkdir(parents=True, exist_ok=True)
+    out = mined_dir(cfg, values)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
         if not (out / "_summary.json").exists():
-            run_mine(mine_cfg.model_copy(update={"output": str(out)}), progress=progress)
+            run_mine(cfg.recipes(values)[1].model_copy(update={"output": str(out)}),
+                     progress=progress)
     return out
-
-
-def shared_mining(cfg: TuneJobConfig) -> Path | None:
-    """The mined directory every trial shares when no mining setting is swept."""
-    if cfg.mine is None or any(k.startswith("mine.") for k in cfg.param_space):
-        return None
-    return Path(cfg.output) / "mined" / mining_key(cfg.recipes({})[1])
 
 
 def storage(cfg: TuneJobConfig) -> str:
@@ -169,9 +172,8 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     _check_resumable(cfg, out / "tune_config.yaml")
     (out / "tune_config.yaml").write_text(dump_yaml(cfg))
-    shared = shared_mining(cfg)
-    if shared is not None:
-        mine_once(cfg.recipes({})[1], out / "mined", progress)
+    if cfg.mine is not None and not any(k.startswith("mine.") for k in cfg.param_space):
+        mine_once(cfg, {}, progress)  # nothing of mining swept: once, before any trial
     started = time.perf_counter()
     with ray_session(cfg.ray, log_dir=out):
         import ray
@@ -269,10 +271,7 @@ def _scheduler(cfg: TuneJobConfig):
 
 def best_recipe(cfg: TuneJobConfig, values: dict[str, Any]) -> TrainConfig:
     """The runnable train recipe of a trial's values: trains into ``OUTPUT/best``."""
-    mined = None
-    if cfg.mine is not None:
-        mined = shared_mining(cfg) or Path(cfg.output) / "mined" / mining_key(
-            cfg.recipes(values)[1])
+    mined = mined_dir(cfg, values)
     train_cfg, _ = cfg.recipes(values, trial_dir=str(Path(cfg.output) / "best"),
                                mined_dir=str(mined) if mined else None)
     return train_cfg

@@ -9,7 +9,7 @@ from ray.tune import get_context
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from raglign.pipeline.train import train
-from raglign.pipeline.tune import mine_once, shared_mining, storage
+from raglign.pipeline.tune import mine_once, storage
 from raglign.pipeline.tune_config import TuneJobConfig
 
 
@@ -38,9 +38,7 @@ def run_trial(config: dict, job: dict) -> None:
     cfg = TuneJobConfig.model_validate(job)
     trial_id = get_context().get_trial_id()
     out = Path(cfg.output)
-    mined = None
-    if cfg.mine is not None:
-        mined = shared_mining(cfg) or mine_once(cfg.recipes(config)[1], out / "mined")
+    mined = mine_once(cfg, config) if cfg.mine is not None else None
     train_cfg, _ = cfg.recipes(config, trial_dir=str(out / "trials" / trial_id),
                                mined_dir=str(mined) if mined else None)
     train_cfg.storage_path = f"{storage(cfg)}/train"
