@@ -197,6 +197,10 @@ class TrainConfig(JobConfig):
     temperature: float | None = Field(default=None, gt=0)  # None: DEFAULT_TEMPERATURE[kind]
     beta: float = Field(default=1.0, gt=0)  # REPLUG: Q_LM = softmax(log p_LM / beta)
     in_batch_negatives: bool = False  # InfoNCE with a bi-encoder only
+    # Weight a of the pull towards the frozen base reranker (score objectives): loss =
+    # (1 - a) * objective + a * KL(p_base || p_R), both at the score temperature; for the kl
+    # objective the same as mixing its targets with the base's distribution (docs/training.md).
+    anchor: float = Field(default=0.0, ge=0, lt=1)
     max_length: int = Field(default=512, ge=8)
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=16, ge=1)  # groups per optimizer step, all workers
@@ -246,6 +250,9 @@ class TrainConfig(JobConfig):
         if self.objective == "gumbel" and self.temperature is not None:
             raise ValueError("objective 'gumbel' takes no score temperature: the mask's "
                              "sharpness is gumbel.kappa / gumbel.tau")
+        if self.anchor and self.objective not in SCORE_OBJECTIVES:
+            raise ValueError(f"anchor applies to the score objectives ({', '.join(SCORE_OBJECTIVES)}"
+                             f"); objective {self.objective!r} has its own reference")
         if self.in_batch_negatives and (self.objective != "infonce" or self.kind != "bi"):
             raise ValueError("in_batch_negatives needs objective 'infonce' and kind 'bi' (a "
                              "cross-encoder would score batch_size times more pairs)")

@@ -9,6 +9,7 @@ import torch
 from raglign.objectives import (
     emdr,
     infonce,
+    base_anchor,
     kl_distill,
     replug_lsr,
     cosent,
@@ -88,6 +89,32 @@ def test_kl_distill_reference_and_gradient():
     # the minimum is reached when p_R equals the target: loss 0
     logits = torch.log(torch.tensor(t[1:2])) * t_r
     assert kl_distill(logits, target[1:2], t_r).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_base_anchor_is_the_kl_target_mix():
+    """(1 - a) KL(t || p_R) + a KL(p_base || p_R) has the gradient of KL((1 - a) t + a p_base
+    || p_R): the anchor is the target mix with the base's own distribution; zero at the base."""
+    a, t_r = 0.4, 0.5
+    s = _scores()
+    base = torch.tensor(RNG.normal(size=(3, 5)))
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1] * 5, [1] * 5], dtype=torch.bool)
+    target = torch.tensor(np.stack([_softmax(RNG.normal(size=5)) for _ in range(3)]))
+    target[0, 4] = 0.0
+    target[0] /= target[0].sum()
+    ((1 - a) * kl_distill(s, target, t_r, mask) + a * base_anchor(s, base, t_r, mask)).backward()
+    anchored = s.grad.clone()
+    s.grad = None
+    p_base = np.stack([_softmax(base[b].numpy()[: 4 if b == 0 else 5] / t_r).tolist()
+                       + ([0.0] if b == 0 else []) for b in range(3)])
+    mixed = (1 - a) * target + a * torch.tensor(p_base)
+    kl_distill(s, mixed, t_r, mask).backward()
+    np.testing.assert_allclose(anchored.numpy(), s.grad.numpy(), rtol=1e-9, atol=1e-15)
+    assert anchored[0, 4].item() == 0.0  # padding: no gradient
+    at_base = base.clone().requires_grad_(True)
+    drift = base_anchor(at_base, base, t_r, mask)
+    drift.backward()
+    assert drift.item() == pytest.approx(0.0, abs=1e-12)
+    assert at_base.grad.abs().max().item() < 1e-12
 
 
 def test_replug_is_kl_of_reranker_to_lm_with_reference_gradient():

@@ -309,6 +309,52 @@ def test_a_ddp_step_leaves_no_trainable_parameter_without_a_gradient(
         assert all(not p.requires_grad for p in reranker.encoder.model.pooler.parameters())
 
 
+@pytest.mark.parametrize("in_batch_negatives", [False, True])
+def test_anchor_pulls_towards_the_frozen_base(tmp_path, groups_dir, tiny_bert_dir,
+                                              in_batch_negatives):
+    """``anchor: a`` trains (1 - a) x objective + a x KL(p_base || p_R) against a frozen copy
+    of the starting reranker: nothing while the student is the base, then exactly the KL of
+    the two score distributions (recomputed here from the base's own scores)."""
+    from raglign.objectives import base_anchor
+    from raglign.training.batches import make_batch
+    from raglign.training.loss import build_loss
+    from raglign.training.reranker import build_reranker, scorer_class
+    from raglign.training.tables import load_train_table
+
+    a = 0.3
+    cfg = _cfg(groups_dir, tiny_bert_dir, tmp_path, kind="bi", anchor=a,
+               in_batch_negatives=in_batch_negatives)
+    plain_fn = build_loss(cfg.model_copy(update={"anchor": 0.0}), torch.device("cpu"))
+    anchored_fn = build_loss(cfg, torch.device("cpu"))
+    table, _ = load_train_table(groups_dir, "infonce")
+    batch = make_batch(table, [0, 1, 2, 3])
+    student = scorer_class()(build_reranker(cfg), in_batch_negatives)
+    plain = plain_fn(student, batch)
+    assert anchored_fn(student, batch).item() == pytest.approx((1 - a) * plain.item(), rel=1e-6)
+    assert anchored_fn.pop_means()["kl_to_base"] == pytest.approx(0.0, abs=1e-7)
+    assert anchored_fn.pop_means() == {}  # a window's mean is reported once
+
+    torch.optim.SGD(student.parameters(), lr=0.5).zero_grad()
+    plain.backward()
+    torch.optim.SGD(student.parameters(), lr=0.5).step()
+    with torch.no_grad():
+        base = scorer_class()(build_reranker(cfg), in_batch_negatives)(batch.queries, batch.docs)
+        scores = student(batch.queries, batch.docs)
+        mask = batch.mask.reshape(1, -1).expand(scores.shape[0], -1) if in_batch_negatives \
+            else batch.mask
+        drift = base_anchor(scores.float(), base.float(), cfg.score_temperature, mask).item()
+        expect = (1 - a) * plain_fn(student, batch).item() + a * drift
+        got = anchored_fn(student, batch).item()
+    assert drift > 1e-4
+    assert got == pytest.approx(expect, rel=1e-5)
+    assert anchored_fn.pop_means()["kl_to_base"] == pytest.approx(drift, rel=1e-5)
+
+
+def test_anchor_is_for_score_objectives_only(tmp_path, groups_dir, tiny_bert_dir):
+    with pytest.raises(ValueError, match="anchor applies to the score objectives"):
+        _cfg(groups_dir, tiny_bert_dir, tmp_path, objective="gumbel", anchor=0.5)
+
+
 # --- Ray Train: 2 DDP workers, stop at max_steps, resume --------------------------------------
 
 def test_two_worker_ddp_resumes_and_matches_uninterrupted_training(

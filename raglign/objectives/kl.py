@@ -12,6 +12,13 @@ Two directions, as the papers use them:
   distribution weighs the log ratio, so the loss is mode-seeking (p_R is pushed to put its mass
   where Q_LM is large, and is not penalised for ignoring some of Q_LM's modes).
 
+* :func:`base_anchor` — ``KL(p_base || p_R)``, the pull towards the frozen base reranker's own
+  distribution that ``raglign train``'s ``anchor`` weight adds to any score objective. Because
+  ``KL(target || p_R)`` is a cross entropy in ``p_R`` plus a constant, mixing a KL objective's
+  target with ``p_base`` by a weight α gives the same gradient as ``(1 - α) KL(target || p_R) +
+  α KL(p_base || p_R)``: the anchor is the distillation analogue of RADIO's α mix of the LLM
+  signal with the retrieval score.
+
 Atlas uses ``T = T_R = 0.01`` with dot-product retriever scores; for cross-encoder logits
 ``T_R = 1`` is the natural scale (see docs/training.md).
 """
@@ -54,3 +61,15 @@ def replug_lsr(scores: torch.Tensor, lm_logprobs: torch.Tensor, beta: float = 1.
     log_p = masked_log_softmax(scores / reranker_temperature, mask)
     log_q = masked_log_softmax(lm_logprobs.detach().to(scores.dtype) / beta, mask)
     return masked_sum(log_p.exp() * (log_p - log_q), mask).mean()
+
+
+def base_anchor(scores: torch.Tensor, base_scores: torch.Tensor, temperature: float = 1.0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the batch of ``KL(softmax(base_scores / T) || softmax(scores / T))``.
+
+    ``base_scores`` are the frozen starting reranker's scores of the same documents (no
+    gradient flows into them); zero, with zero gradient, while the student still equals it.
+    """
+    mask = check_scores(scores, base_scores, mask, "base_scores")
+    target = masked_log_softmax(base_scores.detach().to(scores.dtype) / temperature, mask).exp()
+    return kl_distill(scores, target, temperature, mask)

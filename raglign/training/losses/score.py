@@ -14,8 +14,9 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from raglign.objectives import cosent, emdr, infonce, kl_distill, replug_lsr, supervised
+from raglign.objectives import base_anchor, cosent, emdr, infonce, kl_distill, replug_lsr, supervised
 from raglign.training.loss import Loss
+from raglign.training.reranker import build_reranker, scorer_class
 from raglign.training_config import OBJECTIVES, TrainConfig
 
 if TYPE_CHECKING:
@@ -43,6 +44,12 @@ class ScoreLoss(Loss):
         self.params = LossParams(cfg.score_temperature, cfg.beta, cfg.in_batch_negatives,
                                  cfg.kind)
         self.device = device
+        self.anchor = cfg.anchor
+        # The frozen starting reranker, scored like the student (in-batch shape included); it
+        # is rebuilt from the config, so a run resumed from a checkpoint anchors to the same base.
+        self.base = (scorer_class()(build_reranker(cfg, device).eval().requires_grad_(False),
+                                    cfg.in_batch_negatives) if cfg.anchor else None)
+        self._anchor_kl: list[float] = []
 
     @staticmethod
     @abstractmethod
@@ -57,14 +64,35 @@ class ScoreLoss(Loss):
         return None
 
     def __call__(self, model, batch: Batch) -> torch.Tensor:
-        scores = model(batch.queries, batch.docs)
-        return self.loss(scores.float(), batch.values.to(self.device), batch.mask.to(self.device),
-                         self.params)
+        import torch
+
+        scores = model(batch.queries, batch.docs).float()
+        mask = batch.mask.to(self.device)
+        loss = self.loss(scores, batch.values.to(self.device), mask, self.params)
+        if self.base is None:
+            return loss
+        if self.params.in_batch_negatives:  # [B, B*n]: every query sees every group's documents
+            mask = mask.reshape(1, -1).expand(scores.shape[0], -1)
+        with torch.no_grad():
+            base = self.base(batch.queries, batch.docs).float()
+        drift = base_anchor(scores, base, self.params.temperature, mask)
+        self._anchor_kl.append(float(drift.detach()))
+        return (1 - self.anchor) * loss + self.anchor * drift
+
+    def pop_means(self) -> dict[str, float]:
+        """``kl_to_base``: how far the student has moved from the anchor, per logging window."""
+        if not self._anchor_kl:
+            return {}
+        out = {"kl_to_base": sum(self._anchor_kl) / len(self._anchor_kl)}
+        self._anchor_kl = []
+        return out
 
     @classmethod
     def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
+        anchor = (f"; anchored to the base: (1 - {cfg.anchor}) x loss + {cfg.anchor} x "
+                  "KL(p_base || p_R)" if cfg.anchor else "")
         return (f"per-document field `{OBJECTIVES[cfg.objective].rows}`",
-                f"{cls.description}; score temperature {cfg.score_temperature}")
+                f"{cls.description}; score temperature {cfg.score_temperature}{anchor}")
 
 
 class InfoNCE(ScoreLoss):
