@@ -6,7 +6,8 @@
   2 epochs, lr 6e-5), FIFO. Figure: ``metric_vs_params.png`` of that sweep.
 * **asha**: the same 8-trial sweep (alpha 0 / 0.25 / 0.75 / 1 x lr 2e-5 / 1e-4, 4 epochs,
   validation every 2 steps) under FIFO and under ASHA (grace 1 validation, reduction factor 2):
-  wall time ratio, and each best trial's MRR with a bootstrap 95 % CI over the validation
+  wall time ratio and the ratio of optimizer steps run over all trials (the saving whatever else
+  the machine was doing), and each best trial's MRR with a bootstrap 95 % CI over the validation
   questions (``raglign eval`` of its best checkpoint).
 * **overhead**: one trial through ``raglign tune`` against the same ``raglign train`` run
   directly (the CLI, end to end, one after the other).
@@ -79,6 +80,15 @@ def _best_rows(job, out: Path, scratch: Path) -> list[float]:
     return pq.read_table(scratch / "eval.rows.parquet").column("mrr").to_pylist()
 
 
+def _trial_steps(sweep: Path) -> int:
+    """Optimizer steps run over all of a sweep's trials (its ``results.csv``): the work a
+    scheduler saved, independent of how loaded the machine was while the sweep ran."""
+    import csv
+
+    with open(sweep / "results.csv") as f:
+        return sum(int(row["steps"]) for row in csv.DictReader(f))
+
+
 def _ci(values: list[float], seed: int = 0, n: int = 2000) -> tuple[float, float]:
     rng = random.Random(seed)
     means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(n))
@@ -129,9 +139,12 @@ def main() -> None:
             compared[name] = {"wall_s": round(wall, 1), "best_val_mrr": summary["best_value"],
                               "eval_mrr": statistics.fmean(per_question),
                               "ci95": _ci(per_question), "n": len(per_question),
-                              "stopped_early": summary["stopped_early"]}
+                              "stopped_early": summary["stopped_early"],
+                              "trial_steps": _trial_steps(out / name)}
         compared["asha_over_fifo_time"] = round(compared["asha"]["wall_s"]
                                                 / compared["fifo"]["wall_s"], 3)
+        compared["asha_over_fifo_steps"] = round(compared["asha"]["trial_steps"]
+                                                 / compared["fifo"]["trial_steps"], 3)
         low, high = compared["fifo"]["ci95"]
         compared["asha_best_inside_fifo_ci"] = low <= compared["asha"]["eval_mrr"] <= high
         results["asha_vs_fifo"] = compared

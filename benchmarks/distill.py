@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import log, write_once  # noqa: E402  (benchmarks/ is not a package)
+from quality import write_once  # noqa: E402  (benchmarks/ is not a package)
 
 HEADLINE = ["mrr", "recall@5"]
 METRICS = ["recall@1", "recall@5", "ndcg@5", "mrr"]
@@ -57,49 +57,62 @@ METHODS = {
 }
 
 
+def log(msg: str) -> None:
+    print(f"[distill {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
 # ------------------------------------------------------------------------------ teachers
-def teacher_labels(demo: Path, out: Path, demo_cfg: dict, args) -> dict[str, Path]:
-    """Labelled training questions per teacher: ``{generator: labelled dir}``; the first
-    teacher's also under ``"extra"`` (loo_logprob, attention)."""
-    from raglign.pipeline.label import LabelConfig, run_label
+class Teachers:
+    """Labels and training rows, made when a method first needs them (each stage is skipped
+    when its output exists): the demo's labels (``answer_logprob``, ``rationale_score``) and its
+    PDist / RADIO rows; ``loo_logprob`` + ``attention`` (LOOP, ADist) labelled here in one job;
+    a later teacher's ``answer_logprob`` for its PDist rows."""
 
-    train_dir = demo / "split" / "train"
-    common = dict(input=str(train_dir), encoder=demo_cfg["encoder"], actors=args.actors,
-                  shard_rows=args.shard_rows, batch_size=8, cpus_per_actor=1)
-    jobs = {"extra": (args.teachers[0], ["loo_logprob", "attention"])}
-    jobs.update({t: (t, ["answer_logprob"]) for t in args.teachers[1:]})
-    labelled = {args.teachers[0]: demo / "labelled"}
-    for key, (generator, signals) in jobs.items():
-        path = out / "labelled" / key
-        labelled[key] = path
-        if (path / "_summary.json").exists():
-            continue
-        t = time.monotonic()
-        run_label(LabelConfig(output=str(path), generator=generator, signals=signals,
-                              loo={"k": args.loo_k}, **common), progress=log)
-        log(f"labels {key} ({generator}: {', '.join(signals)}): {time.monotonic() - t:.0f}s")
-    return labelled
+    def __init__(self, demo: Path, out: Path, demo_cfg: dict, args):
+        self.demo, self.out, self.cfg, self.args = demo, out, demo_cfg, args
+        self.labelled = {args.teachers[0]: demo / "labelled"}
 
+    def label(self, key: str, generator: str, signals: list[str]) -> Path:
+        from raglign.pipeline.label import LabelConfig, run_label
 
-def training_rows(demo: Path, out: Path, demo_cfg: dict, labelled: dict, args) -> dict[str, Path]:
-    """``{rows name: mined dir}``: pdist / radio from the demo, the others mined here; a second
-    teacher's PDist rows as ``pdist@<teacher>``."""
-    from raglign.pipeline.mine import MineConfig, run_mine
+        path = self.out / "labelled" / key
+        self.labelled[key] = path
+        if not (path / "_summary.json").exists():
+            t = time.monotonic()
+            run_label(LabelConfig(
+                input=str(self.demo / "split" / "train"), output=str(path), generator=generator,
+                signals=signals, encoder=self.cfg["encoder"], loo={"k": self.args.loo_k},
+                actors=self.args.actors, shard_rows=self.args.shard_rows, batch_size=8,
+                cpus_per_actor=1), progress=log)
+            log(f"labels {key} ({generator}: {', '.join(signals)}): {time.monotonic() - t:.0f}s")
+        return path
 
-    t_pdist = demo_cfg["pdist_temperature"]
-    rows = {"pdist": demo / "mined" / "pdist", "radio": demo / "mined" / "radio"}
-    plans = {"loop": dict(input=labelled["extra"], targets="loop", k=args.loo_k,
-                          temperature=t_pdist),
-             "adist": dict(input=labelled["extra"], targets="adist", temperature=t_pdist),
-             "lm": dict(input=labelled[args.teachers[0]], lm_logprobs=True)}
-    plans.update({f"pdist@{t}": dict(input=labelled[t], targets="pdist", temperature=t_pdist)
-                  for t in args.teachers[1:]})
-    for name, plan in plans.items():
-        rows[name] = out / "mined" / name
-        if not (rows[name] / "part-00000.parquet").exists():
-            run_mine(MineConfig(output=str(rows[name]), **{**plan, "input": str(plan["input"])}),
-                     progress=log)
-    return rows
+    def labelled_for(self, rows_name: str) -> Path:
+        """The label job a method's rows come from."""
+        if rows_name in ("loop", "adist"):
+            return self.label("extra", self.args.teachers[0], ["loo_logprob", "attention"])
+        if "@" in rows_name:
+            teacher = rows_name.split("@", 1)[1]
+            return self.label(teacher, teacher, ["answer_logprob"])
+        return self.labelled[self.args.teachers[0]]
+
+    def rows(self, rows_name: str) -> Path:
+        """The mined training rows called ``rows_name`` (see :data:`METHODS`)."""
+        from raglign.pipeline.mine import MineConfig, run_mine
+
+        if rows_name in ("pdist", "radio"):
+            return self.demo / "mined" / rows_name
+        path = self.out / "mined" / rows_name
+        if (path / "part-00000.parquet").exists():
+            return path
+        t_pdist = self.cfg["pdist_temperature"]
+        plan = {"loop": dict(targets="loop", k=self.args.loo_k, temperature=t_pdist),
+                "adist": dict(targets="adist", temperature=t_pdist),
+                "lm": dict(lm_logprobs=True)}.get(rows_name,
+                                                  dict(targets="pdist", temperature=t_pdist))
+        run_mine(MineConfig(input=str(self.labelled_for(rows_name)), output=str(path), **plan),
+                 progress=log)
+        return path
 
 
 def shuffled(rows: list[dict], field: str, seed: int = 0) -> list[dict]:
@@ -116,19 +129,15 @@ def shuffled(rows: list[dict], field: str, seed: int = 0) -> list[dict]:
     return out
 
 
-def control_rows(rows: dict[str, Path], out: Path) -> dict[str, Path]:
-    """A shuffled copy of every method's rows (``control/<rows name>``)."""
+def control_rows(rows: Path, field: str, out: Path) -> Path:
+    """A shuffled copy of ``rows`` (the method's control)."""
     from raglign.data.io import read_rows
 
-    controls = {}
-    for method, (_, name, field, _) in METHODS.items():
-        controls[name] = write_once(lambda n=name, f=field: shuffled(read_rows(rows[n]), f),
-                                    out / "control" / name)
-    return controls
+    return write_once(lambda: shuffled(read_rows(rows), field), out)
 
 
 # ------------------------------------------------------------------------------ remedy
-def choose_remedy(out: Path, demo_cfg: dict, rows: dict[str, Path], args) -> dict:
+def choose_remedy(out: Path, demo: Path, demo_cfg: dict, pdist_rows: Path, args) -> dict:
     """The (anchor, temperature) with the best validation MRR of a PDist ``raglign tune`` grid."""
     from raglign.pipeline.tune import run_tune
     from raglign.pipeline.tune_config import TuneJobConfig
@@ -136,10 +145,10 @@ def choose_remedy(out: Path, demo_cfg: dict, rows: dict[str, Path], args) -> dic
     sweep = out / "tune_pdist_anchor"
     best = sweep / "best.json"
     if not best.exists():
-        train = {"data": str(rows["pdist"]), "output": str(sweep / "unused"),
+        train = {"data": str(pdist_rows), "output": str(sweep / "unused"),
                  "model": demo_cfg["reranker"], "kind": demo_cfg["reranker_kind"],
                  "objective": "kl", **demo_cfg["training"], "num_workers": 1,
-                 "validation": {"fraction": 0.3}}
+                 "validation": {"fraction": 0.3, "data": str(demo / "split" / "train")}}
         run_tune(TuneJobConfig(
             train=train, output=str(sweep), search={"algorithm": "grid"}, metric="val_mrr",
             param_space={"train.anchor": {"grid": args.anchors},
@@ -150,26 +159,33 @@ def choose_remedy(out: Path, demo_cfg: dict, rows: dict[str, Path], args) -> dic
 
 
 # ------------------------------------------------------------------------------ students
-def students(out: Path, demo: Path, demo_cfg: dict, rows: dict, controls: dict, remedy: dict,
-             args) -> dict[str, Path]:
-    """Trained model directories: ``{run name: model dir}``; a run is named ``method``
-    (``method@teacher`` for a later teacher) with ``.control`` / ``.anchored`` for the variants."""
+def method_runs(method: str, teachers: Teachers, out: Path, remedy: dict) -> dict[str, tuple]:
+    """A method's runs, ``{run name: (objective, rows, extra train settings)}``: ``method``
+    (the demo's settings), ``method.control`` and ``method.anchored`` (the remedy); a later
+    teacher's PDist is ``pdist@<teacher>`` with its ``.anchored`` run."""
+    anchored = {k.split(".", 1)[1]: v for k, v in remedy["values"].items()}
+    objective, rows_name, field, _ = METHODS[method.split("@")[0]]
+    if "@" in method:
+        rows_name = method
+    rows = teachers.rows(rows_name)
+    runs = {method: (objective, rows, {})}
+    if "@" not in method:
+        runs[f"{method}.control"] = (objective, control_rows(rows, field, out / "control" /
+                                                             rows_name), {})
+    runs[f"{method}.anchored"] = (objective, rows, anchored)
+    return runs
+
+
+def train_runs(runs: dict[str, tuple], out: Path, demo: Path, demo_cfg: dict,
+               args) -> dict[str, Path]:
+    """Trained model directories, ``{run name: model dir}``; the demo's own plain PDist and
+    RADIO students are reused."""
     from raglign.pipeline.train import train
     from raglign.training_config import TrainConfig
 
-    anchored = {k.split(".", 1)[1]: v for k, v in remedy["values"].items()}
-    runs: dict[str, tuple[str, Path, dict]] = {}
-    for method in args.methods:
-        objective, name, _, _ = METHODS[method]
-        runs[method] = (objective, rows[name], {})
-        runs[f"{method}.control"] = (objective, controls[name], {})
-        runs[f"{method}.anchored"] = (objective, rows[name], anchored)
-    for teacher in args.teachers[1:]:
-        runs[f"pdist@{teacher}"] = ("kl", rows[f"pdist@{teacher}"], {})
-        runs[f"pdist@{teacher}.anchored"] = ("kl", rows[f"pdist@{teacher}"], anchored)
     models = {}
     for run, (objective, data, extra) in runs.items():
-        demo_model = demo / "train" / run / "model"  # the demo's own pdist / radio students
+        demo_model = demo / "train" / run / "model"
         models[run] = demo_model if demo_model.exists() else out / "train" / run / "model"
         if models[run].exists():
             continue
@@ -238,18 +254,20 @@ def ranking_changes(demo: Path, demo_cfg: dict, models: dict[str, Path]) -> dict
 
 
 # ------------------------------------------------------------------------------ report
-def teacher_quality(labelled: dict[str, Path], args) -> dict[str, dict]:
-    """The teachers' own ranking of the training questions (their label jobs' signal eval)."""
-    out = {}
-    first = json.loads((labelled[args.teachers[0]] / "_signal_eval.json").read_text())["signals"]
-    extra = json.loads((labelled["extra"] / "_signal_eval.json").read_text())["signals"]
-    out["retrieval"] = {m: first["retrieval"][m] for m in HEADLINE}
-    for method, (_, _, _, signal) in METHODS.items():
-        table = extra if signal in extra else first
-        out[method] = {m: table[signal][m] for m in HEADLINE}
-    for teacher in args.teachers[1:]:
-        own = json.loads((labelled[teacher] / "_signal_eval.json").read_text())["signals"]
-        out[f"pdist@{teacher}"] = {m: own["answer_logprob"][m] for m in HEADLINE}
+def teacher_quality(teachers: Teachers, runs: list[str]) -> dict[str, dict]:
+    """The teachers' own ranking of the training questions (their label jobs' signal eval),
+    for the methods among ``runs``, and the retrieval order's."""
+
+    def evaluation(path: Path) -> dict:
+        return json.loads((path / "_signal_eval.json").read_text())["signals"]
+
+    first = evaluation(teachers.labelled[teachers.args.teachers[0]])
+    out = {"retrieval": {m: first["retrieval"][m] for m in HEADLINE}}
+    for method in {r.split(".")[0] for r in runs}:
+        signal = METHODS[method.split("@")[0]][3]
+        own = evaluation(teachers.labelled_for(method if "@" in method else
+                                               METHODS[method][1]))
+        out[method] = {m: own[signal][m] for m in HEADLINE}
     return out
 
 
@@ -304,7 +322,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", default="runs/demo", help="a finished `raglign demo` run directory")
     ap.add_argument("--out", default="runs/distill")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default="pdist,radio,emdr,replug,loop,adist",
+                    help="in this order (those needing new labels last)")
     ap.add_argument("--teachers", default="smollm2-135m,gemma3-270m",
                     help="the first is the demo's generator (all methods); the others label "
                          "PDist's answer_logprob (the remedy against a better teacher)")
@@ -335,17 +354,27 @@ def main() -> None:
         ap.error(f"--teachers must start with the demo's generator {demo_cfg['generator']}")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    teachers = Teachers(demo, out, demo_cfg, args)
+    models: dict[str, Path] = {}
     with ray_session():
-        labelled = teacher_labels(demo, out, demo_cfg, args)
-        rows = training_rows(demo, out, demo_cfg, labelled, args)
-        controls = control_rows(rows, out)
-        remedy = choose_remedy(out, demo_cfg, rows, args)
-        models = students(out, demo, demo_cfg, rows, controls, remedy, args)
-        test = evaluate_runs(out, demo, demo_cfg, models, "test")
+        remedy = choose_remedy(out, demo, demo_cfg, teachers.rows("pdist"), args)
         train_split = evaluate_runs(out, demo, demo_cfg, {}, "train")
+        # Method by method, the report rewritten after each: a long run reports what it has.
+        for method in args.methods + [f"pdist@{t}" for t in args.teachers[1:]]:
+            models.update(train_runs(method_runs(method, teachers, out, remedy), out, demo,
+                                     demo_cfg, args))
+            test = evaluate_runs(out, demo, demo_cfg, models, "test")
+            report(out, args, demo, demo_cfg, teachers, remedy, models, test, train_split,
+                   started)
+    log(f"finished in {(time.monotonic() - started) / 60:.1f} min -> {out / 'distill.md'}")
+
+
+def report(out: Path, args, demo: Path, demo_cfg: dict, teachers: Teachers, remedy: dict,
+           models: dict[str, Path], test: dict, train_split: dict, started: float) -> None:
+    """``distill.json`` / ``distill.md`` over the runs finished so far."""
     runs = list(models)
     result = {
-        "demo": str(demo), "teachers": teacher_quality(labelled, args),
+        "demo": str(demo), "teachers": teacher_quality(teachers, runs),
         "remedy": {**remedy, "sweep": str(out / "tune_pdist_anchor")},
         "test": {n: {k: v for k, v in r.items() if k == "n" or k.split("_ci")[0] in METRICS}
                  for n, r in test.items()},
@@ -364,8 +393,7 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     if args.md:
         Path(args.md).write_text(table)
-    print("\n" + table)
-    log(f"finished in {(time.monotonic() - started) / 60:.1f} min -> {out / 'distill.md'}")
+    print("\n" + table, flush=True)
 
 
 if __name__ == "__main__":

@@ -329,3 +329,28 @@ def test_a_sweep_where_no_trial_beats_the_start_says_so(tmp_path, labelled):
     assert "**No trial beat the starting model**" in (out / "report.md").read_text()
     results = pd.read_csv(out / "results.csv")
     assert list(results["final_val_mrr"]) == [0.7, 0.75] and set(results["status"]) == {"finished"}
+
+
+def test_a_sweep_whose_trials_all_failed_reports_them_without_a_best(tmp_path, labelled):
+    """Every trial failed before its first validation: results.csv lists them as errors, no
+    best.json or plot of the metric is written, and the summary has no best trial (the CLI
+    then exits 1) instead of failing while drawing an empty plot."""
+    from types import SimpleNamespace
+
+    from raglign.pipeline.tune_report import write_outputs
+
+    job = _job(tmp_path, "minilm-l6", labelled, param_space={"train.lr": {"grid": [1e-3, 1e-2]}},
+               mine=None, train=_train("minilm-l6", data=labelled)).resolved()
+    out = tmp_path / "sweep"
+    out.mkdir()
+    failed = [SimpleNamespace(metrics={"trial_id": t}, metrics_dataframe=None,
+                              error=RuntimeError("validation.data: ..."), path=str(out / t),
+                              config={"train.lr": lr}) for t, lr in (("t1", 1e-3), ("t2", 1e-2))]
+    summary = write_outputs(job, failed, out)
+    assert (summary["best_trial"], summary["errors"], summary["trials"]) == (None, 2, 2)
+    assert set(pd.read_csv(out / "results.csv")["status"]) == {"error"}
+    assert not [p.name for p in out.iterdir() if p.name in ("best.json", "metric_vs_params.png",
+                                                            "curves.png")]
+    report = (out / "report.md").read_text()
+    assert "2 failed" in report and "No trial reported val_mrr" in report
+    assert ".png" not in report

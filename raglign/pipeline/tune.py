@@ -220,8 +220,10 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
             SINKS.pop(experiment, None)
         summary = write_outputs(cfg, grid, out)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
-    progress(f"[raglign tune] {summary['trials']} trials in {summary['wall_s']:.0f} s; "
-             f"best {cfg.score_metric} {summary['best_value']:.4f} (trial {summary['best_trial']}); "
+    best = (f"best {cfg.score_metric} {summary['best_value']:.4f} (trial "
+            f"{summary['best_trial']})" if summary["best_trial"] is not None else
+            f"no trial reported {cfg.score_metric} ({summary['errors']} failed: see ray.log)")
+    progress(f"[raglign tune] {summary['trials']} trials in {summary['wall_s']:.0f} s; {best}; "
              f"{out / 'report.md'}")
     return summary
 

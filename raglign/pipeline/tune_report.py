@@ -145,8 +145,9 @@ def write_outputs(cfg, grid, out: Path) -> dict[str, Any]:
             f"{metric} {top[best_col]:.4f} at step {top['best_step']}.\n" + dump_yaml(recipe))
         summary.update(best_trial=top["trial_id"], best_value=top[best_col],
                        beats_starting_model=beats)
-    _plot_vs_params(cfg, ranked, out / "metric_vs_params.png")
-    _plot_curves(metric, curves, keys, out / "curves.png")
+    if ranked:  # trials that never validated have nothing to draw
+        _plot_vs_params(cfg, ranked, out / "metric_vs_params.png")
+        _plot_curves(metric, curves, keys, out / "curves.png")
     (out / "report.md").write_text(_report(cfg, frame, ranked, summary))
     return summary
 
@@ -172,14 +173,19 @@ def _report(cfg, frame, ranked, summary) -> str:
             lines.append(f"**No trial beat the starting model** on validation ({metric} "
                          f"{_fmt(top[f'base_{metric}'])} at step 0): every setting swept made "
                          "the reranker worse on held-out questions. Keep the starting model.")
+    else:
+        lines.append(f"**No trial reported {metric}**: each failed before its first validation; "
+                     "its error is in its trial directory under ray/tune and in ray.log.")
     lines += ["", "## Trials, best first", "", _markdown(frame.sort_values(
         f"best_{metric}", ascending=cfg.mode == "min", na_position="last")
-        .drop(columns=["checkpoint"])), "",
-        f"## {metric} against each swept setting", "",
-        "Per trial: the best validation (filled; what `raglign train` would export) and the "
-        "last step's (hollow); the dashed line is the starting model.", "",
-        "![metric against settings](metric_vs_params.png)", "",
-        "## Validation curves", "", "![validation curves](curves.png)", ""]
+        .drop(columns=["checkpoint"])), ""]
+    if ranked:
+        lines += [
+            f"## {metric} against each swept setting", "",
+            "Per trial: the best validation (filled; what `raglign train` would export) and the "
+            "last step's (hollow); the dashed line is the starting model.", "",
+            "![metric against settings](metric_vs_params.png)", "",
+            "## Validation curves", "", "![validation curves](curves.png)", ""]
     return "\n".join(lines)
 
 
