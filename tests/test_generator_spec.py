@@ -85,3 +85,46 @@ def test_build_generator_picks_the_backend(tiny_dir, smollm_tokenizer, monkeypat
     assert isinstance(h, HttpGenerator) and h.config.tokenizer == "smollm2-135m"
     with pytest.raises(ConfigError, match="options of the transformers backend"):
         build_generator(_spec({"name": "m", "backend": "vllm"}), batch_size=2)
+
+
+# config_hash(fingerprint()) of these label jobs, recorded with the code before the generator
+# was one block (main at 338a33b): an output labelled then must still be resumed.
+RECORDED = {"demo": "1d31ccd5fd2b3aae", "vllm": "5ba2ac0d87b33344", "http": "6ccb10ef8599898c"}
+
+
+def test_label_manifests_written_before_the_spec_still_match(tmp_path):
+    from pathlib import Path
+
+    from raglign.pipeline.demo import DemoConfig, label_config
+    from raglign.pipeline.label import load_label_config
+    from raglign.pipeline.shards import ShardStore, _write_json_atomic, config_hash
+
+    demo = label_config(DemoConfig(), Path("runs/demo/split/train"), Path("runs/demo/labelled"))
+    assert config_hash(demo.fingerprint()) == RECORDED["demo"]
+    vllm = load_label_config(input="i", output="o", signals=["answer_logprob", "judge"],
+                             context="concat", generator={
+                                 "name": "smollm2-135m", "backend": "vllm",
+                                 "vllm": {"batch_size": 4, "max_model_len": 2048}})
+    assert config_hash(vllm.fingerprint()) == RECORDED["vllm"]
+    http = load_label_config(input="i", output="o", signals=["answer_logprob"], context="concat",
+                             generator={"name": "smollm2-135m", "backend": "http", "http": {
+                                 "base_url": "http://h/v1", "model": "smollm2", "batch_size": 8}})
+    assert config_hash(http.fingerprint()) == RECORDED["http"]
+    # An output directory whose manifest an earlier run wrote opens without complaint.
+    _write_json_atomic({"job": "label", "hash": RECORDED["demo"], "fingerprint": {}},
+                       tmp_path / "_manifest.json")
+    ShardStore(tmp_path, "label").open(demo.fingerprint())
+
+
+def test_old_flat_keys_name_their_place_in_the_generator_block():
+    from raglign.pipeline.evaluate import EvalConfig
+    from raglign.pipeline.label import load_label_config
+
+    with pytest.raises(ConfigError, match=r"write generator: \{name: g, dtype: float32\}"):
+        load_label_config(input="i", output="o", signals=["judge"], generator="g",
+                          dtype="float32")
+    with pytest.raises(ConfigError, match=r"backend, vllm: generator settings are keys"):
+        load_label_config(input="i", output="o", signals=["judge"], generator="g",
+                          backend="vllm", vllm={"batch_size": 2})
+    with pytest.raises(ConfigError, match="dtype: generator settings"):
+        validate(EvalConfig, {"data": "d", "output": "o", "generator": "g", "dtype": "float32"})
