@@ -28,10 +28,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from raglign.config import JobConfig
-from raglign.models.generator_spec import GeneratorSpec, moved_keys
 from raglign.data.io import read_rows
 from raglign.data.schema import row_meta
 from raglign.errors import ConfigError, DataError
+from raglign.models.generator_spec import GeneratorSpec, moved_keys
 from raglign.signals.ranking import rank_candidates
 
 BASE_RERANKER = "none"  # keep the retriever's order
@@ -70,7 +70,7 @@ class EvalConfig(JobConfig):
     @model_validator(mode="before")
     @classmethod
     def _moved_to_generator(cls, data: Any) -> Any:
-        moved_keys(data, ("dtype", "backend", "device"))
+        moved_keys(data, ("dtype", "backend", "device", "vllm", "http"))
         return data
 
     @model_validator(mode="after")
@@ -249,9 +249,11 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     per_row = [row_metrics(r, r["ranking"], cfg) for r in usable]
     key = cfg.category_key or default_category_key(usable)
     report = aggregate(per_row, usable, category_key=key, n_boot=cfg.n_boot)
+    gen = cfg.generator
     report.update(name=cfg.run_name, data=cfg.data, reranker=cfg.reranker, rank_by=cfg.rank_by,
-                  generator=cfg.generator.name if cfg.generator else None, k=cfg.k, k1=cfg.k1, rows_skipped_no_candidates=rejected,
-                  seconds=round(time.time() - t0, 1))
+                  generator=gen.name if gen else None,
+                  generator_backend=gen.backend if gen else None, k=cfg.k, k1=cfg.k1,
+                  rows_skipped_no_candidates=rejected, seconds=round(time.time() - t0, 1))
     _write(report, usable, per_row, cfg)
     return report
 
