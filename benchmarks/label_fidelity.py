@@ -45,8 +45,8 @@ def label(job: str, rows_dir: str, out: Path, args) -> Path:
 
     spec = dict(JOBS[job])
     cfg = validate(LabelConfig, dict(
-        job="label", input=rows_dir, output=str(out / job), generator=args.generator,
-        dtype=args.dtype, actors=args.actors, cpus_per_actor=1, shard_rows=args.shard_rows,
+        job="label", input=rows_dir, output=str(out / job), generator={"name": args.generator,
+        "dtype": args.dtype}, actors=args.actors, cpus_per_actor=1, shard_rows=args.shard_rows,
         batch_size=args.batch_size, limit=args.limit, **spec))
     t0 = time.perf_counter()
     summary = run_label(cfg, progress=lambda s: print(f"[{job}] {s}", flush=True))

@@ -149,6 +149,14 @@ def train_models(demo: Path, out: Path, demo_cfg: dict, data: dict[str, Path], a
     return {"models": models, "train_seconds": timings}
 
 
+def same_reader(a, b) -> bool:
+    """Whether two generator settings (a name, or a spec's mapping as demo_config.json holds
+    it) are the same reader."""
+    from raglign.models.generator_spec import GeneratorSpec
+
+    return GeneratorSpec.model_validate(a) == GeneratorSpec.model_validate(b)
+
+
 def evaluate_all(demo: Path, out: Path, demo_cfg: dict, models: dict, args) -> list[dict]:
     """One ``raglign eval`` report per run; reports the demo already wrote with the same
     settings are reused."""
@@ -164,7 +172,7 @@ def evaluate_all(demo: Path, out: Path, demo_cfg: dict, models: dict, args) -> l
     for name, reranker, rank_by, gen in runs:
         path = out / "eval" / f"{name}.json"
         demo_path = demo / "eval" / f"{name}.json"
-        if not path.exists() and demo_path.exists() and gen == demo_cfg["generator"]:
+        if not path.exists() and demo_path.exists() and same_reader(gen, demo_cfg["generator"]):
             path = demo_path  # the demo's own evaluation: same test rows, k, kind and reader
         if path.exists():
             reports.append({**json.loads(path.read_text()), "_path": str(path)})

@@ -161,11 +161,15 @@ def load_job(path: str | Path, overrides: dict[str, Any] | None = None) -> JobCo
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     """``data["a"]["b"] = value`` for ``"a.b"``: one override of a recipe. Mappings on the way
     are copied (a recipe shared with another config is not changed) and created where missing
-    or not a mapping (``validation: null`` in the recipe, ``validation.fraction`` overridden)."""
+    or not a mapping (``validation: null`` in the recipe, ``validation.fraction`` overridden);
+    a string there is a block's shorthand for ``{name: string}`` (``generator: smollm2-135m``,
+    ``generator.dtype`` overridden: raglign.models.generator_spec)."""
     node = data
     *parents, leaf = dotted.split(".")
     for part in parents:
         child = node.get(part)
+        if isinstance(child, str):
+            child = {"name": child}
         node[part] = child = dict(child) if isinstance(child, dict) else {}
         node = child
     node[leaf] = value

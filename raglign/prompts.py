@@ -45,6 +45,17 @@ JUDGE_PROMPT = (
 )
 
 TASKS = ("qa", "rationale", "judge")
+# Each task's sampling where the caller gives none (the fields of
+# raglign.models.generator.GenerationParams), stated once: the vLLM and HTTP processors' presets
+# and the defaults of the signals' options blocks (rationale:, judge:) both read this table.
+TASK_SAMPLING: dict[str, dict[str, Any]] = {
+    # QA answers: greedy (the papers' reader runs at temperature 0), short.
+    "qa": {"max_new_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 42},
+    # RADIO's reference code: temperature 0.2, top_p 1, seed 42, at most 1000 tokens.
+    "rationale": {"max_new_tokens": 1000, "temperature": 0.2, "top_p": 1.0, "seed": 42},
+    # ARL2's judgement: greedy (a label must not change between runs), a few tokens.
+    "judge": {"max_new_tokens": 16, "temperature": 0.0, "top_p": 1.0},
+}
 
 OPTION_LETTERS = "ABCDEFGHIJ"
 

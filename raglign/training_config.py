@@ -42,6 +42,7 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from raglign.config import JobConfig, StrictModel
 from raglign.gumbel.options import GumbelMaskOptions
+from raglign.models.generator_spec import GeneratorSpec, moved_keys
 
 # Fields that may change between a run and its resumption: they affect where and how fast the
 # job runs, not what it computes (the update is defined over global batches, see above).
@@ -90,20 +91,50 @@ VALIDATION_METRICS = (*(f"{m}@{k}" for k in (1, 5, 10, 20) for m in ("recall", "
                       "mrr", "indirect_recall@5")
 
 
+def _moved_to_generator(data):
+    """``dtype:`` beside ``generator:`` (recipes before the spec) names its new place."""
+    moved_keys(data, ("dtype", "device", "backend"))
+    return data
+
+
+def _worker_generator(spec: GeneratorSpec, who: str, why: str) -> None:
+    """The frozen LLM of a training objective is loaded in every training worker, on the
+    worker's device, by the transformers backend (``why`` it needs that backend)."""
+    spec.require_transformers(f"{who} {why}")
+    if spec.device != "auto":
+        raise ValueError(f"{who} runs on the training worker's device (use_gpu); leave "
+                         "generator.device auto")
+
+
 class GumbelOptions(GumbelMaskOptions):
     """G-Rerank's Algorithm 1: the mask (k, tau, kappa, noise, samples; paper: tau 0.5, kappa
     1.0, k = the generator's k2 = 5) over the scores of the first n = k1 = 20 candidates.
 
-    ``dtype: auto`` loads the frozen generator in bfloat16 where the device supports it (CUDA
-    with bf16, or CPU), float16 on older GPUs; it only runs forward passes, so bf16 halves its
-    memory and the document caches' at no cost to the reranker's float32 training.
+    ``generator`` (a :class:`~raglign.models.generator_spec.GeneratorSpec`) is the frozen LLM,
+    on the transformers backend only: the loss backpropagates through its attention to the
+    mask, which vLLM and HTTP servers do not expose. Its ``dtype: auto`` loads it in bfloat16
+    where the device supports it (CUDA with bf16, or CPU), float16 on older GPUs; it only runs
+    forward passes, so bf16 halves its memory and the document caches' at no cost to the
+    reranker's float32 training. It runs on the training worker's device (``use_gpu``).
     """
 
-    generator: str = Field("smollm2-135m", description="frozen LLM: packaged name, dir or hub id")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    generator: GeneratorSpec = Field(GeneratorSpec(name="smollm2-135m"),
+                                     description="frozen LLM: packaged name, dir or hub id")
     n: PositiveInt = Field(20, description="candidates per question (the first n; fewer if absent)")
     answer_alias: Literal["best", "first"] = Field(
         "best", description="which gold alias the loss scores (raglign.signals.items.pick_answer)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        return _moved_to_generator(data)
+
+    @model_validator(mode="after")
+    def _transformers_only(self) -> GumbelOptions:
+        _worker_generator(self.generator, "G-Rerank's generator",
+                          "needs gradients through the model's attention, which only the "
+                          "transformers backend exposes")
+        return self
 
     @property
     def min_candidates(self) -> int:
@@ -123,8 +154,8 @@ class RRPOOptions(StrictModel):
     subset is never read twice by a worker.
     """
 
-    generator: str = Field("smollm2-135m", description="frozen reader: packaged name, dir or hub id")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    generator: GeneratorSpec = Field(GeneratorSpec(name="smollm2-135m"),
+                                     description="frozen reader: packaged name, dir or hub id")
     n: PositiveInt = Field(20, description="candidates per question (the first n)")
     k: PositiveInt = Field(3, description="documents chosen per episode")
     reward: Literal["f1", "em", "logprob"] = "f1"
@@ -135,6 +166,17 @@ class RRPOOptions(StrictModel):
     kl_beta: float = Field(0.01, ge=0, description="weight of KL(policy || reference)")
     answer_alias: Literal["best", "first"] = Field(
         "best", description="the gold alias the logprob reward scores (F1/EM use every alias)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data):
+        return _moved_to_generator(data)
+
+    @model_validator(mode="after")
+    def _reader_in_worker(self) -> RRPOOptions:
+        _worker_generator(self.generator, "RRPO's reader",
+                          "is loaded in every training worker")
+        return self
 
     @property
     def min_candidates(self) -> int:

@@ -132,7 +132,7 @@ def test_grerank_mine_weights_builds_its_label_job_with_the_same_merge(tmp_path,
         main(["grerank", "mine-weights", "d", "o", "--generator", "g", "--limit", "2",
               "--steps", "5", "--address", "auto"])
     cfg = ran.value.args[0]
-    assert (cfg.input, cfg.generator, cfg.limit, cfg.gumbel.steps, cfg.ray.address) == \
+    assert (cfg.input, cfg.generator.name, cfg.limit, cfg.gumbel.steps, cfg.ray.address) == \
         ("d", "g", 2, 5, "auto")
 
 

@@ -94,7 +94,8 @@ def test_models_through_ray_match_direct_calls(ray_local, data_dir, tmp_path, ti
     smollm_tokenizer.save_pretrained(gen_dir)
     out = tmp_path / "run.json"
     report = evaluate(EvalConfig(data=str(data_dir), output=str(out), reranker=str(tiny_bert_dir),
-                                 reranker_kind="bi", generator=str(gen_dir), dtype="float32",
+                                 reranker_kind="bi",
+                                 generator={"name": str(gen_dir), "dtype": "float32"},
                                  k=2, max_new_tokens=4, name="tiny"))
     detail = {d["id"]: d for d in pq.read_table(out.with_suffix(".rows.parquet")).to_pylist()}
     reranker = load_reranker(str(tiny_bert_dir), kind="bi")

@@ -47,27 +47,29 @@ def _read(out) -> dict[str, dict]:
 
 # ----------------------------------------------------------------------------- config
 def test_config_rejects_engine_signals_and_needs_a_server():
-    base = {"input": "i", "output": "o", "generator": "smollm2-135m", "backend": "vllm"}
+    base = {"input": "i", "output": "o"}
+    vllm = {"name": "smollm2-135m", "backend": "vllm"}
     with pytest.raises(ConfigError, match="'attention' cannot run on backend 'vllm'.*attention"):
-        load_label_config(**base, signals=["attention"])
+        load_label_config(**base, generator=vllm, signals=["attention"])
     with pytest.raises(ConfigError, match="'gumbel_weight'.*masked attention"):
-        load_label_config(**base, signals=["gumbel_weight"], context="concat")
+        load_label_config(**base, generator=vllm, signals=["gumbel_weight"], context="concat")
     with pytest.raises(ConfigError, match="'loo_logprob'.*context: concat"):
-        load_label_config(**base, signals=["loo_logprob"])
+        load_label_config(**base, generator=vllm, signals=["loo_logprob"])
     with pytest.raises(ConfigError, match="http: block"):
-        load_label_config(**{**base, "backend": "http"}, signals=["judge"])
+        load_label_config(**base, generator={**vllm, "backend": "http"}, signals=["judge"])
     cfg = load_label_config(**base, signals=["answer_logprob", "judge"], context="concat",
-                            vllm={"batch_size": 4, "max_model_len": 2048})
-    assert label_llm.vllm_config(cfg).model == "smollm2-135m"
+                            generator={**vllm, "vllm": {"batch_size": 4, "max_model_len": 2048}})
+    assert cfg.generator.vllm_config().model == "smollm2-135m"
     # batch size is a runtime knob (resume with another one); max_model_len can change labels
     fp = cfg.fingerprint()
     assert "batch_size" not in fp["vllm"] and fp["vllm"]["max_model_len"] == 2048
-    assert "vllm" not in load_label_config(**{**base, "backend": "transformers"},
+    assert "vllm" not in load_label_config(**base, generator="smollm2-135m",
                                            signals=["judge"]).fingerprint()
 
 
 def test_expansion_dedupes_and_keys_are_stable(tmp_path):
-    cfg = load_label_config(input="i", output="o", generator="smollm2-135m", backend="vllm",
+    cfg = load_label_config(input="i", output="o",
+                            generator={"name": "smollm2-135m", "backend": "vllm"},
                             context="concat", signals=["answer_quality", "dpa", "answer_logprob"])
     signals = [label_llm.SIGNALS[n] for n in cfg.signals]
     rows = label_llm.expand(ROWS, "s0", signals, cfg)
@@ -133,16 +135,16 @@ def test_vllm_job_through_processor_with_engine_stand_in(ray_local, tiny_llama, 
         return {"__data": out}
 
     def stage(cfg):
-        proc = label_llm.vllm_spec(label_llm.vllm_config(cfg)).build()
+        proc = label_llm.vllm_spec(cfg.generator.vllm_config()).build()
         assert proc.list_stage_names() == ["vLLMEngineStage"]
-        seen.append(cfg.backend)
+        seen.append(cfg.generator.backend)
         return lambda ds: (ds.map(proc.preprocess).map_batches(engine_stand_in, batch_size=4)
                            .map(proc.postprocess))
 
     monkeypatch.setattr(label_llm, "llm_stage", stage)
     out = tmp_path / "out"
     cfg = load_label_config(input=_write(tmp_path, ROWS), output=str(out),
-                            generator="smollm2-135m", backend="vllm", context="concat",
+                            generator={"name": "smollm2-135m", "backend": "vllm"}, context="concat",
                             signals=["answer_logprob", "loo_logprob", "judge"], loo={"k": 2},
                             shard_rows=2, batch_size=2, eval={"enabled": False})
     summary = run_label(cfg, progress=lambda m: None)
@@ -191,15 +193,16 @@ def _labels(rows_by_id, field):
 
 @pytest.mark.integration
 def test_http_generation_matches_transformers(ray_local, transformers_server, smollm_dir, tmp_path):
-    common = {"input": _write(tmp_path, QA_ROWS), "generator": "smollm2-135m",
-              "signals": ["answer_quality"], "answer_quality": {"max_new_tokens": 8},
-              "eval": {"enabled": False}, "dtype": "float32"}
-    cfg = load_label_config(**common, output=str(tmp_path / "http"), backend="http",
-                            http={"base_url": transformers_server, "model": smollm_dir,
-                                  "endpoint": "completions", "batch_size": 4})
+    common = {"input": _write(tmp_path, QA_ROWS), "signals": ["answer_quality"],
+              "answer_quality": {"max_new_tokens": 8}, "eval": {"enabled": False}}
+    cfg = load_label_config(**common, output=str(tmp_path / "http"), generator={
+        "name": "smollm2-135m", "backend": "http",
+        "http": {"base_url": transformers_server, "model": smollm_dir, "endpoint": "completions",
+                 "batch_size": 4}})
     run_label(cfg, progress=lambda m: None)
     http = _labels(_read(tmp_path / "http"), "answer_quality")
-    ref_cfg = load_label_config(**common, output=str(tmp_path / "ref"))
+    ref_cfg = load_label_config(**common, output=str(tmp_path / "ref"),
+                                generator={"name": "smollm2-135m", "dtype": "float32"})
     ref = _labels({r["id"]: r for r in label_in_process(ref_cfg, QA_ROWS)}, "answer_quality")
     assert http == pytest.approx(ref, abs=1e-9)
     assert len(set(http)) > 1, http  # the greedy answers differ between documents
@@ -207,14 +210,15 @@ def test_http_generation_matches_transformers(ray_local, transformers_server, sm
 
 @pytest.mark.integration
 def test_http_scoring_matches_transformers(ray_local, llama_server, tmp_path):
-    common = {"input": _write(tmp_path, QA_ROWS), "generator": "smollm2-135m",
-              "signals": ["answer_logprob"], "context": "concat", "eval": {"enabled": False},
-              "dtype": "float32"}
-    cfg = load_label_config(**common, output=str(tmp_path / "http"), backend="http",
-                            http={"base_url": llama_server, "model": "smollm2", "batch_size": 8})
+    common = {"input": _write(tmp_path, QA_ROWS), "signals": ["answer_logprob"],
+              "context": "concat", "eval": {"enabled": False}}
+    cfg = load_label_config(**common, output=str(tmp_path / "http"), generator={
+        "name": "smollm2-135m", "backend": "http",
+        "http": {"base_url": llama_server, "model": "smollm2", "batch_size": 8}})
     run_label(cfg, progress=lambda m: None)
     http = _labels(_read(tmp_path / "http"), "answer_logprob")
-    ref_cfg = load_label_config(**common, output=str(tmp_path / "ref"))
+    ref_cfg = load_label_config(**common, output=str(tmp_path / "ref"),
+                                generator={"name": "smollm2-135m", "dtype": "float32"})
     ref = _labels({r["id"]: r for r in label_in_process(ref_cfg, QA_ROWS)}, "answer_logprob")
     # Q4_1 weights vs their de-quantised copy: same order within each row, close values
     for i in range(0, len(ref), 2):

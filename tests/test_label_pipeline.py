@@ -39,9 +39,10 @@ def input_dir(tmp_path_factory):
 
 
 def _cfg(input_dir, out, generator, **kw):
-    fields = dict(job="label", input=str(input_dir), output=str(out), generator=generator,
+    fields = dict(job="label", input=str(input_dir), output=str(out),
+                  generator={"name": generator, "dtype": "float32"},
                   signals=["answer_logprob", "loo_logprob", "judge"], context="concat",
-                  dtype="float32", shard_rows=3, batch_size=2, actors=1, loo={"k": 3},
+                  shard_rows=3, batch_size=2, actors=1, loo={"k": 3},
                   judge={"max_new_tokens": 4})
     fields.update(kw)
     return validate(LabelConfig, fields)

@@ -151,7 +151,7 @@ def test_policy_gradient_learns_a_bandit():
 
 def _cfg(data, model, generator, output, **kw) -> TrainConfig:
     base = {"data": data, "output": str(output), "model": str(model), "objective": "rrpo",
-            "rrpo": {"generator": generator, "dtype": "float32", "n": 3, "k": 2,
+            "rrpo": {"generator": {"name": generator, "dtype": "float32"}, "n": 3, "k": 2,
                      "reward": "logprob"},
             "lr": 1e-2, "batch_size": 2, "epochs": 1, "max_length": 48, "num_workers": 1,
             "log_every": 1, "checkpoint_every": 2, "warmup_ratio": 0.0}

@@ -45,7 +45,7 @@ def canonical_dir(tmp_path_factory) -> str:
 
 def _cfg(data, model, generator, output, **kw) -> TrainConfig:
     base = {"data": data, "output": str(output), "model": str(model), "objective": "gumbel",
-            "gumbel": {"generator": generator, "dtype": "float32", "n": 3, "k": 2},
+            "gumbel": {"generator": {"name": generator, "dtype": "float32"}, "n": 3, "k": 2},
             "lr": 1e-2, "batch_size": 2, "epochs": 1, "max_length": 48, "num_workers": 1,
             "log_every": 1, "checkpoint_every": 2, "warmup_ratio": 0.0}
     return TrainConfig(**(base | kw))
@@ -54,15 +54,17 @@ def _cfg(data, model, generator, output, **kw) -> TrainConfig:
 def test_gumbel_config_defaults_errors_and_recipe():
     cfg = TrainConfig(data="d", output="o", objective="gumbel")
     g = cfg.gumbel
-    assert (g.k, g.tau, g.kappa, g.noise, g.dtype, g.n) == (5, 0.5, 1.0, True, "auto", 20)
+    assert (g.k, g.tau, g.kappa, g.noise, g.generator.dtype, g.n) == (5, 0.5, 1.0, True, "auto", 20)
     assert TrainConfig(data="d", output="o").gumbel is None
     recipe = load_job(Path(__file__).resolve().parents[1] / "jobs" / "train_grerank_hotpotqa.yaml")
     assert isinstance(recipe, TrainConfig) and recipe.objective == "gumbel"
-    assert recipe.gumbel.generator == "smollm2-135m" and recipe.data == "data/hotpotqa"
+    assert recipe.gumbel.generator.name == "smollm2-135m" and recipe.data == "data/hotpotqa"
     for bad, match in [({"gumbel": {"k": 3}}, "applies to objective 'gumbel' only"),
                        ({"objective": "gumbel", "temperature": 0.1}, "no score temperature"),
                        ({"objective": "gumbel", "gumbel": {"tau": 0}}, "gumbel.tau"),
-                       ({"objective": "gumbel", "gumbel": {"dtype": "int8"}}, "gumbel.dtype")]:
+                       ({"objective": "gumbel",
+                         "gumbel": {"generator": {"name": "g", "dtype": "int8"}}},
+                        "gumbel.generator.dtype")]:
         with pytest.raises(ConfigError, match=match):
             validate(TrainConfig, {"job": "train", "data": "d", "output": "o", **bad}, "t.yaml")
 

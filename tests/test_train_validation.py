@@ -298,7 +298,7 @@ def test_generator_objectives_validate_on_their_own_held_out_questions(
         tmp_path, data, tiny_bert_dir, tiny_dir, objective):
     from raglign.pipeline.train import train
 
-    block = {"generator": tiny_dir, "dtype": "float32", "n": 4, "k": 2}
+    block = {"generator": {"name": tiny_dir, "dtype": "float32"}, "n": 4, "k": 2}
     if objective == "rrpo":
         block["reward"] = "logprob"
     result = train(_cfg(data, tiny_bert_dir, tmp_path / "out", data=data["canonical"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raglign.cli.recipe import add_recipe_args, job_config
+from raglign.cli.recipe import add_generator_args, add_recipe_args, job_config
 
 
 def _eval(args) -> int:
@@ -33,7 +33,9 @@ def register(sub) -> None:
     p = sub.add_parser("eval", help="rank candidates with a reranker (or a signal) and evaluate "
                        "retrieval metrics and, with --generator, end-to-end QA")
     p.add_argument("data", nargs="?", help="canonical dataset directory (rows with candidates)")
-    add_recipe_args(p, "eval", example="ks=[1,5,10]", nested={"address": "ray.address"},
+    generator = add_generator_args(p, what="the generator setting's reader")
+    add_recipe_args(p, "eval", example="ks=[1,5,10]",
+                    nested={"address": "ray.address", **generator},
                     needs={"data": "data", "output": "--output"})
     p.add_argument("--output", help="report JSON path (a .rows.parquet and .md go beside it)")
     p.add_argument("--reranker", help="reranker name or path; 'none' keeps the retrieval order, "
@@ -41,15 +43,15 @@ def register(sub) -> None:
     p.add_argument("--reranker-kind", choices=["cross", "bi"])
     p.add_argument("--rank-by", help="rank by a candidate field instead (mining setting), in "
                    "the direction its signal declares (loo_logprob lowest first; nulls last)")
-    p.add_argument("--generator", help="generator name or path for the generator setting")
     p.add_argument("--k", type=int, help="documents to the generator and @k (default 5)")
     p.add_argument("--k1", type=int, help="candidates the reranker sees (default 20)")
     p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--dtype")
     p.add_argument("--limit", type=int)
     p.add_argument("--split", help="only rows whose meta.split is this")
     p.add_argument("--category-key", help="meta key for the per-category breakdown")
     p.add_argument("--actors", type=int, help="Ray Data actors per model stage")
+    p.add_argument("--gpus-per-actor", dest="gpus_per_actor", type=float,
+                   help="GPUs per actor (fractions share a GPU; default 0)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--name", help="run name in reports")
     p.add_argument("--address", help="Ray cluster address (default: a local Ray)")

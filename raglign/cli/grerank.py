@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import json
 
-from raglign.cli.recipe import Recipe, flag_values, load_recipe
+from raglign.cli.recipe import Recipe, add_generator_args, flag_values, load_recipe
 from raglign.errors import ConfigError
 
 BASELINE_SIGNALS = ["answer_logprob", "attention", "loo_logprob"]
-# mine-weights is a label job whose flags (--generator, --limit, --address …) mean what
-# `raglign label`'s do.
-LABEL = Recipe("label", {"address": "ray.address"})
+# G-Rerank reads the generator's attention and backpropagates through it (docs/grerank.md).
+TRANSFORMERS_ONLY = ("the ablation runs Algorithm 2, which needs gradients through the "
+                     "model's attention")
 _OPTION_FLAGS = ("steps", "lr", "k", "tau", "kappa", "samples", "seed", "init", "init_std")
 
 
@@ -51,7 +51,9 @@ def _mine(args) -> int:
     signals = ["gumbel_weight"] + (BASELINE_SIGNALS if args.baselines else [])
     fields = {"input": args.data, "output": args.out, "signals": signals,
               "gumbel": _options(args), "loo": {"k": args.loo_k}, "context": "parallel"}
-    run_label(load_recipe("label", flags={**fields, **flag_values(args, LABEL)}))
+    label = Recipe("label", {"address": "ray.address", **args.generator_flags})
+    run_label(load_recipe("label", flags={**fields, **flag_values(args, label)},
+                          needs={"generator": "--generator"}))
     report = write_mining_report(args.out, signals, _ks(args.ks))
     print(to_markdown(report), end="")
     return 0
@@ -75,11 +77,20 @@ def _ablation(args) -> int:
     from raglign.engine import DocumentEngine
     from raglign.gumbel.ablation import run_ablation, write_ablation
     from raglign.gumbel.options import SamplingWeightOptions
-    from raglign.models.generator import TransformersGenerator
+    from raglign.models.generator_spec import FLAG_FIELDS, GeneratorSpec, build_generator
     from raglign.signals.items import Item, prepare_item
 
     options = validate(SamplingWeightOptions, {"init": "normal", **_options(args)},
                        "command line")
+    if args.generator is None:
+        raise ConfigError("`raglign grerank ablation` needs --generator")
+    given = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()
+             if getattr(args, flag) is not None}
+    spec = validate(GeneratorSpec, given, "command line")
+    try:
+        spec.require_transformers(TRANSFORMERS_ONLY)
+    except ValueError as e:
+        raise ConfigError(f"--backend: {e}") from None
     rows = read_rows(args.data, limit=args.limit)
     items = [it for it in (prepare_item(r, "best") for r in rows) if isinstance(it, Item)]
     if not items:
@@ -88,10 +99,9 @@ def _ablation(args) -> int:
         import torch
 
         torch.set_num_threads(args.torch_threads)
-    gen = TransformersGenerator.from_name(args.generator, dtype=args.dtype or "auto",
-                                          device=args.device or "auto")
+    gen = build_generator(spec)
     result = run_ablation(DocumentEngine(gen.model, gen.tokenizer), items, options)
-    result["generator"] = args.generator
+    result["generator"] = spec.name
     paths = write_ablation(result, args.out)
     print(json.dumps({"uniform": result["uniform"],
                       "with_noise_final": result["with_noise"]["mean"][-1],
@@ -124,7 +134,7 @@ def register(sub) -> None:
                         "weight (field gumbel_weight); resumable like raglign label.")
     m.add_argument("data", help="canonical Parquet rows with candidates and answers")
     m.add_argument("out", help="output directory (labelled rows + reports)")
-    m.add_argument("--generator", required=True, help="frozen LLM: packaged name, dir or hub id")
+    m.set_defaults(generator_flags=add_generator_args(m, what="frozen LLM"))
     m.add_argument("--baselines", action="store_true", help="also label answer_logprob, "
                    "attention and loo_logprob (the paper's Figure-5 baselines)")
     m.add_argument("--loo-k", dest="loo_k", type=int, default=20,
@@ -132,7 +142,7 @@ def register(sub) -> None:
     m.add_argument("--ks", default="2,5", help="Recall@k cut-offs of the report (default 2,5)")
     for flag, kw in (("--limit", {"type": int}), ("--shard-rows", {"type": int}),
                      ("--batch-size", {"type": int}),
-                     ("--actors", {"type": int}), ("--dtype", {}), ("--device", {}),
+                     ("--actors", {"type": int}), ("--gpus-per-actor", {"type": float}),
                      ("--torch-threads", {"type": int}), ("--cpus-per-actor", {"type": float}),
                      ("--answer-alias", {"choices": ["best", "first"]}), ("--address", {})):
         m.add_argument(flag, dest=flag[2:].replace("-", "_"), **kw)
@@ -149,10 +159,8 @@ def register(sub) -> None:
     a = gsub.add_parser("ablation", help="max mask weight per step with/without Gumbel noise")
     a.add_argument("data", help="canonical Parquet rows with candidates and answers")
     a.add_argument("out", help="directory for ablation.json and ablation.png")
-    a.add_argument("--generator", required=True)
+    add_generator_args(a, what="frozen LLM (transformers backend)")
     a.add_argument("--limit", type=int, default=4, help="questions (default 4)")
-    a.add_argument("--dtype")
-    a.add_argument("--device")
     a.add_argument("--torch-threads", dest="torch_threads", type=int)
     _add_options(a, "normal")
     a.set_defaults(func=_ablation)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from raglign.cli.recipe import add_recipe_args, job_config
+from raglign.cli.recipe import add_generator_args, add_recipe_args, job_config
 
 
 def _signals(text: str) -> list[str]:
@@ -38,16 +38,14 @@ def register(sub) -> None:
                    help="canonical Parquet rows with candidates")
     p.add_argument("output", nargs="?", metavar="output_dir",
                    help="where part-*.parquet, _summary.json go")
-    add_recipe_args(p, "label", example="rationale.alpha=0.3", nested={"address": "ray.address"},
+    generator = add_generator_args(p)
+    add_recipe_args(p, "label", example="rationale.alpha=0.3",
+                    nested={"address": "ray.address", **generator},
                     needs={"input": "input_dir", "output": "output_dir"})
     p.add_argument("--signals", type=_signals, help="comma-separated: rationale_score, "
                    "answer_logprob, loo_logprob, attention, judge, answer_quality, dpa")
-    p.add_argument("--generator", help="LLM: packaged short name, local dir, .gguf or hub id")
     p.add_argument("--encoder", help="sentence encoder for rationale_score (default minilm-l6)")
     p.add_argument("--context", choices=["parallel", "concat"])
-    p.add_argument("--backend", choices=["transformers", "vllm", "http"])
-    p.add_argument("--dtype", help="auto | bfloat16 | float16 | float32")
-    p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--answer-alias", dest="answer_alias", choices=["best", "first"])
     p.add_argument("--limit", type=int, help="label only the first N rows")
     p.add_argument("--actors", type=int, help="size of the labelling actor pool")

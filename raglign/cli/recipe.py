@@ -12,7 +12,11 @@ disagreed):
   file and both jobs, before anything runs;
 * a bad value, from any of the three, is one :class:`~raglign.errors.ConfigError` naming the
   field's dotted path (``raglign.cli.main`` prints it and exits with 2), never a traceback or a
-  bare ``SystemExit``.
+  bare ``SystemExit``;
+* ``--generator``, ``--backend``, ``--dtype`` and ``--device`` mean the same on every command
+  that runs a model (:func:`add_generator_args`): they set ``name``, ``backend``, ``dtype`` and
+  ``device`` of the config's generator spec
+  (:class:`~raglign.models.generator_spec.GeneratorSpec`), keeping its other keys.
 
 A command registers with :func:`add_recipe_args` and builds its config with
 :func:`job_config`; :func:`load_recipe` is the same merge without argparse.
@@ -79,6 +83,24 @@ def add_recipe_args(parser: argparse.ArgumentParser, job: str, *, example: str,
     parser.set_defaults(recipe=Recipe(job, dict(nested or {}), dict(needs or {}), set_key))
 
 
+def add_generator_args(parser: argparse.ArgumentParser, block: str = "generator",
+                       what: str = "LLM") -> dict[str, str]:
+    """The generator flags, the same on every command; returns them as ``nested`` entries of
+    :func:`add_recipe_args` (flag -> dotted key of ``block``'s spec). A recipe's shorthand
+    ``generator: NAME`` becomes ``{name: NAME}`` when a flag reaches into it."""
+    from raglign.models.generator_spec import BACKENDS, FLAG_FIELDS
+
+    parser.add_argument("--generator", help=f"{what}: packaged short name, local dir, .gguf or "
+                        "hub id (the generator spec's name)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="transformers (default), vllm (ray.data.llm engines on GPUs) or http "
+                             f"(an OpenAI-compatible server: {block}.http.base_url)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="the generator's weights (default auto: bf16 where fast)")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N (transformers backend)")
+    return {flag: f"{block}.{field}" for flag, field in FLAG_FIELDS.items()}
+
+
 def parse_sets(pairs: list[str] | None) -> dict[str, Any]:
     """``--set key=value`` pairs as dotted overrides; values are YAML (``2``, ``1e-5``,
     ``[0, 0.5]``, ``{grid: [1, 2]}``), so a list or a mapping needs no flag syntax of its own."""
@@ -103,7 +125,7 @@ def flag_values(args: argparse.Namespace, recipe: Recipe) -> dict[str, Any]:
     """
     fields = job_class(recipe.job).model_fields
     out = {name: value for name, value in vars(args).items()
-           if name in fields and name not in ("job", "ray") and value is not None}
+           if name in fields and name not in ("job", "ray", *recipe.nested) and value is not None}
     out.update({key: getattr(args, dest) for dest, key in recipe.nested.items()
                 if getattr(args, dest, None) is not None})
     return out

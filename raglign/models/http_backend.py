@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, PositiveInt
-
-from raglign.config import StrictModel
 from raglign.errors import ConfigError, DataError
 from raglign.models.generator import GenerationParams
+from raglign.models.generator_spec import HttpConfig
 from raglign.models.logprobs import echoed_answer_logprobs
 from raglign.models.registry import resolve_model
 from raglign.models.vllm_backend import (
@@ -46,27 +44,6 @@ from raglign.models.vllm_backend import (
     tokenizer_for,
 )
 from raglign.prompts import answer_continuation, prompt_text, qa_prompt, render_task, task_messages
-
-
-class HttpConfig(StrictModel):
-    """An OpenAI-compatible server and how hard to drive it.
-
-    ``base_url`` ends in ``/v1``. ``model`` is the name sent in each request. ``tokenizer``
-    (a packaged short name, local path or hub id; defaults to ``model``) renders prompts locally
-    for ``/v1/completions`` and scoring; chat requests need none. The API key is read from the
-    environment variable ``api_key_env`` when the processor is built, never stored in configs.
-    """
-
-    base_url: str
-    model: str
-    tokenizer: str | None = None
-    endpoint: Literal["chat", "completions"] = "chat"
-    api_key_env: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    qps: PositiveInt | None = None
-    concurrency: PositiveInt = 1
-    batch_size: PositiveInt = 16
-    max_retries: int = 2
 
 
 def processor_config(cfg: HttpConfig, path: str):

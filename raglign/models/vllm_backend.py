@@ -40,14 +40,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt
-
-from raglign.config import StrictModel
 from raglign.errors import ConfigError, DataError, RaglignError
 from raglign.models.generator import GenerationParams
+from raglign.models.generator_spec import VLLMConfig
 from raglign.models.logprobs import prompt_token_logprobs
 from raglign.models.registry import resolve_model
-from raglign.prompts import answer_continuation, encode_piece, encode_prompt, render_task
+from raglign.prompts import (TASK_SAMPLING, answer_continuation, encode_piece, encode_prompt,
+                             render_task)
 
 Task = Literal["qa", "rationale", "judge"]  # raglign.prompts.TASKS
 
@@ -62,34 +61,12 @@ ENGINE_COLUMNS = frozenset({
 SOURCE = "generator request rows"
 
 
-# QA answers: greedy (the papers' reader runs at temperature 0), short.
-QA_PARAMS = GenerationParams(max_new_tokens=64, temperature=0.0, top_p=1.0, seed=42)
-# RADIO's reference code: temperature 0.2, top_p 1, seed 42, at most 1000 tokens.
-RATIONALE_PARAMS = GenerationParams(max_new_tokens=1000, temperature=0.2, top_p=1.0, seed=42)
-# ARL2's judgement: greedy (a label must not change between runs), a few tokens.
-JUDGE_PARAMS = GenerationParams(max_new_tokens=16, temperature=0.0, top_p=1.0)
-DEFAULT_PARAMS: dict[str, GenerationParams] = {"qa": QA_PARAMS, "rationale": RATIONALE_PARAMS,
-                                               "judge": JUDGE_PARAMS}
+# The processors' sampling when a caller gives none: each task's defaults, stated once in
+# raglign.prompts.TASK_SAMPLING (the signals' options blocks default to the same values).
+DEFAULT_PARAMS: dict[str, GenerationParams] = {t: GenerationParams(**s)
+                                               for t, s in TASK_SAMPLING.items()}
 OUTPUT_COLUMN: dict[str, str] = {"qa": "prediction", "rationale": "rationale",
                                  "judge": "judgement"}
-
-
-class VLLMConfig(StrictModel):
-    """Where and how vLLM runs; becomes a ``ray.data.llm.vLLMEngineProcessorConfig``.
-
-    ``model`` is a packaged short name (``smollm2-135m``), a local directory or ``.gguf`` file
-    (resolved with :func:`raglign.models.registry.resolve_model`), or a hub id. A local path must
-    exist on every node that runs an engine replica.
-    """
-
-    model: str
-    tensor_parallel_size: PositiveInt = 1
-    batch_size: PositiveInt = 32
-    concurrency: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
-    accelerator_type: str | None = None
-    max_model_len: PositiveInt | None = None
-    dtype: str = "auto"
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 def sampling_params(params: GenerationParams) -> dict[str, Any]:

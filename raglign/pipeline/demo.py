@@ -31,6 +31,7 @@ from typing import Literal
 from pydantic import Field
 
 from raglign.config import JobConfig, StrictModel
+from raglign.models.generator_spec import GeneratorSpec
 
 
 def default_hotpotqa() -> str:
@@ -61,7 +62,10 @@ class DemoConfig(JobConfig):
     input: str = Field(default_factory=default_hotpotqa)
     format: str = "hotpotqa"
     output: str = "runs/demo"
-    generator: str = "smollm2-135m"
+    # The reader that labels and answers: any backend (a hub id on vllm on GPUs, say); the
+    # labels' PDist scores use context concat there, the parallel-prefill engine being
+    # transformers-only.
+    generator: GeneratorSpec = GeneratorSpec(name="smollm2-135m")
     encoder: str = "minilm-l6"
     reranker: str = "minilm-l6"
     reranker_kind: Literal["cross", "bi"] = "bi"
@@ -72,6 +76,8 @@ class DemoConfig(JobConfig):
     # only: rationale seeds are per row and generation is greedy, so labels and answers do not
     # depend on it.
     actors: int = Field(2, ge=1)
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per labelling and evaluation "
+                                  "actor (a fraction shares a GPU)")
     rationale_max_new_tokens: int = Field(96, ge=8)
     pdist_temperature: float = Field(1.0, gt=0)
     k: int = Field(5, ge=1)
@@ -127,7 +133,7 @@ def write_comparison(out: Path, reports: list[dict], cfg: DemoConfig) -> str:
     verdicts = [headroom_line(name, d, HEADLINE) if name == ORACLE_RERANKER
                 else verdict_line(name, d, HEADLINE) for name, d in diffs.items()]
     bar_plot(reports, out / "comparison.png", diffs=diffs)
-    header = (f"Held-out questions: {reports[0]['n']}; generator {cfg.generator}; top-{cfg.k} "
+    header = (f"Held-out questions: {reports[0]['n']}; generator {cfg.generator.name}; top-{cfg.k} "
               f"documents to the generator.\n\n")
     runs = ("## Runs\n\nMean [95% bootstrap CI]. `base` is the untrained reranker and each "
             "method's run the base fine-tuned on that method's labels; `oracle` puts the gold "
@@ -149,13 +155,27 @@ def write_comparison(out: Path, reports: list[dict], cfg: DemoConfig) -> str:
             f"{out / 'comparison.md'}, {out / 'comparison.png'}\n")
 
 
+def label_config(cfg: DemoConfig, train_dir: Path, labelled: Path):
+    """Stage 4's label job: RADIO's rationales and PDist's log-likelihoods of the training
+    questions. Off the transformers backend PDist scores with ``context: concat`` (the
+    parallel-prefill engine is transformers-only; one document per score reads the same)."""
+    from raglign.pipeline.label import LabelConfig
+
+    context = {} if cfg.generator.backend == "transformers" else {"context": "concat"}
+    return LabelConfig(
+        input=str(train_dir), output=str(labelled), generator=cfg.generator, encoder=cfg.encoder,
+        signals=["rationale_score", "answer_logprob"],
+        rationale={"max_new_tokens": cfg.rationale_max_new_tokens}, actors=cfg.actors,
+        cpus_per_actor=1, gpus_per_actor=cfg.gpus_per_actor, ray=cfg.ray, **context)
+
+
 def run_demo(cfg: DemoConfig) -> list[dict]:
     """Run (or resume) every stage; returns the evaluation reports: base, methods, oracle."""
     from raglign.data import convert
     from raglign.data.io import read_rows, write_rows
     from raglign.data.split import split_rows
     from raglign.pipeline.evaluate import ORACLE_RERANKER, EvalConfig, evaluate
-    from raglign.pipeline.label import LabelConfig, run_label
+    from raglign.pipeline.label import run_label
     from raglign.pipeline.mine import MineConfig, run_mine
     from raglign.pipeline.train import train
     from raglign.ray_session import ray_session
@@ -190,15 +210,12 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
             write_rows(test_rows, test_dir)
         _done(t, f"{len(train_rows)} train / {len(test_rows)} test questions", resumed)
 
-        t = _stage(4, total, f"label training questions with RADIO + PDist using {cfg.generator}")
+        t = _stage(4, total, f"label training questions with RADIO + PDist using "
+                           f"{cfg.generator.name} ({cfg.generator.backend})")
         labelled = out / "labelled"
         resumed = (labelled / "_summary.json").exists()  # written once every shard is committed
         if not resumed:
-            run_label(LabelConfig(
-                input=str(train_dir), output=str(labelled), generator=cfg.generator,
-                encoder=cfg.encoder, signals=["rationale_score", "answer_logprob"],
-                rationale={"max_new_tokens": cfg.rationale_max_new_tokens}, actors=cfg.actors,
-                cpus_per_actor=1, ray=cfg.ray))
+            run_label(label_config(cfg, train_dir, labelled))
         _done(t, f"-> {labelled}", resumed)
 
         t = _stage(5, total, "mine RADIO groups (top-k shifted by 3) and PDist targets")
@@ -235,7 +252,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
                 data=str(test_dir), output=str(path), reranker=model, name=name,
                 reranker_kind=cfg.reranker_kind, k=cfg.k,
                 generator=cfg.generator if cfg.generate else None, actors=cfg.actors,
-                ray=cfg.ray)))
+                gpus_per_actor=cfg.gpus_per_actor, ray=cfg.ray)))
         _done(t, "done", resumed)
 
     print("\n" + write_comparison(out, reports, cfg))

@@ -10,9 +10,12 @@ the papers' QA prompt, the generator answers greedily, EM / SubEM / F1 (MMLU: op
 are computed. The mining setting is the same computation run on *training* questions, with a
 signal field (``--rank-by answer_logprob``) or a trained reranker.
 
-Both model stages are Ray Data actor pools, so the same job scales from a laptop to a cluster:
-each actor loads its model once. Per-row results go to Parquet, the aggregate (bootstrap 95% CIs,
-per-category breakdown) to JSON, and a Markdown summary beside it.
+Both model stages run on Ray Data, so the same job scales from a laptop to a cluster: the
+reranker in an actor pool (each actor loads its model once, ``gpus_per_actor`` each), the
+generator on its spec's backend (``generator.backend``: transformers actors, vLLM engines or an
+OpenAI-compatible server through ``ray.data.llm``; :mod:`raglign.pipeline.eval_reader`).
+Per-row results go to Parquet, the aggregate (bootstrap 95% CIs, per-category breakdown) to
+JSON, and a Markdown summary beside it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from raglign.config import JobConfig
 from raglign.data.io import read_rows
 from raglign.data.schema import row_meta
 from raglign.errors import ConfigError, DataError
+from raglign.models.generator_spec import GeneratorSpec, moved_keys
 from raglign.signals.ranking import rank_candidates
 
 BASE_RERANKER = "none"  # keep the retriever's order
@@ -45,20 +49,29 @@ class EvalConfig(JobConfig):
     reranker_kind: Literal["cross", "bi"] = "cross"
     rank_by: str | None = Field(None, description="rank by a candidate field (mining setting), "
                                 "in its signal's declared direction (raglign.signals.ranking)")
-    generator: str | None = None
+    generator: GeneratorSpec | None = Field(None, description="the generator setting's reader "
+                                           "(name, backend, dtype, …); none: reranker setting only")
     k: int = Field(5, ge=1, description="documents given to the generator; the @k of the metrics")
     k1: int = Field(20, ge=1, description="retrieved candidates the reranker sees")
     ks: list[int] = [1, 5, 10, 20]
     max_new_tokens: int = Field(32, ge=1)
-    dtype: str = "auto"
     limit: int | None = Field(None, ge=1)
     split: str | None = Field(None, description="keep rows whose meta.split equals this")
     category_key: str | None = Field(None, description="meta key for the per-category table; "
                                      "default: 'category' for MMLU, 'type' for HotpotQA")
     actors: int = Field(1, ge=1)
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per actor of the reranker and "
+                                  "transformers generator pools (a fraction shares a GPU); vLLM "
+                                  "engines take theirs from generator.vllm")
     batch_size: int = Field(8, ge=1)
     n_boot: int = Field(1000, ge=100)
     name: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_generator(cls, data: Any) -> Any:
+        moved_keys(data, ("dtype", "backend", "device", "vllm", "http"))
+        return data
 
     @model_validator(mode="after")
     def _one_ranking(self):
@@ -115,29 +128,6 @@ def reranker_setting(model, rows: list[dict], cfg: EvalConfig) -> list[dict[str,
                                                         row["candidates"], cfg.k1)}
         out.append(row_metrics(scored, _ranking(scored, cfg), cfg))
     return out
-
-
-class _GenerateActor:
-    """Ray Data callable class: answers each row from its top-k documents with the QA prompt."""
-
-    def __init__(self, generator: str, dtype: str, k: int, max_new_tokens: int):
-        from raglign.models.generator import TransformersGenerator
-
-        self.gen = TransformersGenerator.from_name(generator, dtype=dtype)
-        self.k, self.max_new_tokens = k, max_new_tokens
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        from raglign.prompts import parallel_prompt
-
-        prompts = []
-        for question, cands, order, choices in zip(batch["question"], batch["candidates"],
-                                                   batch["ranking"], batch["choices"]):
-            cands = list(cands)
-            docs = [(cands[i]["title"], cands[i]["text"]) for i in list(order)[: self.k]]
-            choices = None if choices is None else [str(c) for c in choices]
-            prompts.append(parallel_prompt(self.gen.tokenizer, str(question), docs, choices or None))
-        predictions = self.gen.generate(prompts, max_new_tokens=self.max_new_tokens, stop=("\n",))
-        return {"id": list(batch["id"]), "prediction": predictions}
 
 
 def _ranking(row: dict, cfg: EvalConfig) -> list[int]:
@@ -252,18 +242,18 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
             for r in usable:
                 r["ranking"] = _ranking(r, cfg)
             if cfg.generator:
-                _attach(usable, _map(usable, _GenerateActor, cfg, "generate",
-                                     dict(generator=cfg.generator, dtype=cfg.dtype, k=cfg.k,
-                                          max_new_tokens=cfg.max_new_tokens)))
+                _attach(usable, _generate(usable, cfg))
     else:
         for r in usable:
             r["ranking"] = _ranking(r, cfg)
     per_row = [row_metrics(r, r["ranking"], cfg) for r in usable]
     key = cfg.category_key or default_category_key(usable)
     report = aggregate(per_row, usable, category_key=key, n_boot=cfg.n_boot)
+    gen = cfg.generator
     report.update(name=cfg.run_name, data=cfg.data, reranker=cfg.reranker, rank_by=cfg.rank_by,
-                  generator=cfg.generator, k=cfg.k, k1=cfg.k1, rows_skipped_no_candidates=rejected,
-                  seconds=round(time.time() - t0, 1))
+                  generator=gen.name if gen else None,
+                  generator_backend=gen.backend if gen else None, k=cfg.k, k1=cfg.k1,
+                  rows_skipped_no_candidates=rejected, seconds=round(time.time() - t0, 1))
     _write(report, usable, per_row, cfg)
     return report
 
@@ -275,21 +265,47 @@ def _map(rows: list[dict], actor: type, cfg: EvalConfig, stage: str,
     leave actors idle (two calls per actor at least; the models batch within a call)."""
     import ray
 
-    from raglign.console import progress_bar
     from raglign.pipeline.shards import default_shard_rows
     from raglign.ray_session import actor_pool_map
 
     columns = ["id", "question", "choices", "candidates"] + (["ranking"] if "ranking" in rows[0] else [])
     items = [{k: r[k] for k in columns} for r in rows]
+    gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
     ds = actor_pool_map(ray.data.from_items(items), actor, cfg.actors,
                         fn_constructor_kwargs=kwargs, batch_format="pandas",
-                        batch_size=default_shard_rows(len(rows), cfg.actors, cfg.batch_size))
+                        batch_size=default_shard_rows(len(rows), cfg.actors, cfg.batch_size),
+                        **gpus)
+    return _collect(ds, len(rows), cfg, stage)
+
+
+def _collect(ds, n: int, cfg: EvalConfig, stage: str) -> list[dict]:
+    """The rows of a stage's Dataset, counted on the stage's progress bar."""
+    from raglign.console import progress_bar
+
     outputs = []
-    with progress_bar(len(rows), f"[eval {cfg.run_name}] {stage}") as bar:
+    with progress_bar(n, f"[eval {cfg.run_name}] {stage}") as bar:
         for row in ds.iter_rows():
             outputs.append(row)
             bar.update()
     return outputs
+
+
+def _generate(rows: list[dict], cfg: EvalConfig) -> list[dict]:
+    """``{id, prediction}`` per row from the generator on its backend: a transformers actor
+    pool, or the spec's ``ray.data.llm`` processor (:mod:`raglign.pipeline.eval_reader`)."""
+    import ray
+
+    from raglign.pipeline import eval_reader as reader
+
+    spec = cfg.generator
+    if spec.backend == "transformers":
+        return _map(rows, reader.GenerateActor, cfg, "generate",
+                    dict(generator=spec.model_dump(mode="json"), k=cfg.k,
+                         max_new_tokens=cfg.max_new_tokens))
+    stage = reader.reader_stage(spec, reader.qa_params(cfg.max_new_tokens))
+    ds = stage(ray.data.from_items(reader.request_rows(rows, cfg.k)))
+    return reader.finish(_collect(ds.select_columns(["id", "prediction"]), len(rows), cfg,
+                                  f"generate ({spec.backend})"))
 
 
 def _attach(rows: list[dict], outputs: list[dict]) -> None:

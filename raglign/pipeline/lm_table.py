@@ -71,4 +71,4 @@ def load_lm_table(path: str, options: Any, objective: str, limit: int | None = N
                         ("docs", pa.list_(pa.string())), ("titles", pa.list_(pa.string())),
                         ("texts", pa.list_(pa.string())), ("choices", pa.list_(pa.string())),
                         ("answer", pa.string()), ("answers", pa.list_(pa.string()))])
-    return pa.table(cols, schema=schema), {"generator": [options.generator]}
+    return pa.table(cols, schema=schema), {"generator": [options.generator.name]}

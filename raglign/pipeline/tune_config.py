@@ -235,10 +235,14 @@ def _absolute(recipe: dict) -> dict:
     for key in ("data", "input", "storage_path"):
         fix(recipe, key, must_exist=False)
     fix(recipe, "model", must_exist=True)
-    for block, key, must_exist in (("validation", "data", False), ("gumbel", "generator", True),
-                                   ("rrpo", "generator", True)):
-        if isinstance(recipe.get(block), dict):
-            fix(recipe[block], key, must_exist)
+    if isinstance(recipe.get("validation"), dict):
+        fix(recipe["validation"], "data", must_exist=False)
+    for block in ("gumbel", "rrpo"):  # a generator spec's name, or its shorthand string
+        node = recipe.get(block)
+        if isinstance(node, dict):
+            spec = node.get("generator")
+            fix(*((spec, "name") if isinstance(spec, dict) else (node, "generator")),
+                must_exist=True)
     return recipe
 
 

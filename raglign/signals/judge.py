@@ -18,6 +18,7 @@ import re
 from pydantic import PositiveInt
 
 from raglign.config import StrictModel
+from raglign.prompts import TASK_SAMPLING
 from raglign.signals.base import Generate, Labels, Signal
 from raglign.signals.items import Item
 
@@ -25,7 +26,7 @@ from raglign.signals.items import Item
 class JudgeOptions(StrictModel):
     """``judge:`` ARL2 relevance judgement: greedy, a few tokens."""
 
-    max_new_tokens: PositiveInt = 16
+    max_new_tokens: PositiveInt = TASK_SAMPLING["judge"]["max_new_tokens"]
 
 # Order matters: "not relevant" and "partially relevant" both contain "relevant".
 _LABELS = [

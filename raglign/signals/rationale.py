@@ -24,19 +24,22 @@ import pyarrow as pa
 from pydantic import Field, PositiveInt
 
 from raglign.config import StrictModel
-from raglign.prompts import format_document
+from raglign.prompts import TASK_SAMPLING, format_document
 from raglign.signals.base import Generate, Labels, Signal, row_seed
 from raglign.signals.items import Item
 from raglign.signals.mixing import mix_scores
 
 
+_DEFAULTS = TASK_SAMPLING["rationale"]  # the reference code's, stated in raglign.prompts
+
+
 class RationaleOptions(StrictModel):
     """``rationale:`` RADIO's rationale generation and scoring (reference-code defaults)."""
 
-    temperature: float = Field(0.2, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 42
-    max_new_tokens: PositiveInt = 1000
+    temperature: float = Field(_DEFAULTS["temperature"], ge=0.0)
+    top_p: float = Field(_DEFAULTS["top_p"], gt=0.0, le=1.0)
+    seed: int = _DEFAULTS["seed"]
+    max_new_tokens: PositiveInt = _DEFAULTS["max_new_tokens"]
     similarity: Literal["cosine", "reference"] = "cosine"
     alpha: float = Field(0.5, ge=0.0, le=1.0)
 

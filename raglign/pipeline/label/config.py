@@ -13,32 +13,9 @@ from pydantic import Field, PositiveInt, field_validator, model_validator
 
 from raglign.config import JobConfig, StrictModel
 from raglign.errors import ConfigError
-from raglign.models.http_backend import HttpConfig
-from raglign.models.vllm_backend import VLLMConfig
+from raglign.models.generator_spec import GeneratorSpec, moved_keys
 from raglign.signals import SIGNALS
 from raglign.signals.settings import SignalSettings
-
-
-class LabelVLLMOptions(VLLMConfig):
-    """``vllm:`` — :class:`~raglign.models.vllm_backend.VLLMConfig`; ``model`` defaults to the
-    job's ``generator``."""
-
-    model: str | None = None
-
-
-class LabelHttpOptions(HttpConfig):
-    """``http:`` — :class:`~raglign.models.http_backend.HttpConfig`; ``model`` (the name sent
-    to the server) and ``tokenizer`` (renders prompts locally) default to the job's
-    ``generator``."""
-
-    model: str | None = None
-
-
-# Fields of the backend blocks that change speed or transport, never the labels.
-BACKEND_RUNTIME_FIELDS = {
-    "vllm": {"batch_size", "concurrency", "accelerator_type"},
-    "http": {"api_key_env", "headers", "qps", "concurrency", "batch_size", "max_retries"},
-}
 
 
 class SignalEvalOptions(StrictModel):
@@ -48,7 +25,8 @@ class SignalEvalOptions(StrictModel):
     ks: list[PositiveInt] = [1, 2, 5, 10]
 
 
-# Fields that change how fast a job runs, never what it writes: left out of the manifest hash.
+# Fields that change how fast a job runs, never what it writes: left out of the manifest hash
+# (and those of the generator's backend block: GeneratorSpec.fingerprint).
 RUNTIME_FIELDS = ("ray", "input", "output", "actors", "batch_size", "cpus_per_actor",
                   "gpus_per_actor", "torch_threads", "eval")
 
@@ -60,13 +38,8 @@ class LabelConfig(SignalSettings, JobConfig):
     input: str
     output: str
     signals: list[str] = Field(min_length=1)
-    generator: str
-    encoder: str = "minilm-l6"
-    backend: Literal["transformers", "vllm", "http"] = "transformers"
-    vllm: LabelVLLMOptions = LabelVLLMOptions()
-    http: LabelHttpOptions | None = None
-    dtype: str = "auto"
-    device: str = "auto"
+    generator: GeneratorSpec
+    encoder: str = "minilm-l6"  # on the generator's device (its device: field)
     answer_alias: Literal["best", "first"] = "best"
     eval: SignalEvalOptions = SignalEvalOptions()
     limit: PositiveInt | None = None
@@ -89,23 +62,27 @@ class LabelConfig(SignalSettings, JobConfig):
             raise ValueError(f"signals listed twice: {v}")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_to_generator(cls, data: Any) -> Any:
+        moved_keys(data, ("backend", "vllm", "http", "dtype", "device"))
+        return data
+
     @model_validator(mode="after")
     def _signals_fit_backend(self):
-        if self.backend == "http" and self.http is None:
-            raise ValueError("backend 'http' needs an http: block with at least base_url "
-                             "(an OpenAI-compatible server ending in /v1)")
         for name in self.signals:
-            why = SIGNALS[name].unsupported(self.backend, self.context)
+            why = SIGNALS[name].unsupported(self.generator.backend, self.context)
             if why:
                 raise ValueError(why)
         return self
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that determines the labels (for the output manifest)."""
-        exclude: dict[str, Any] = {f: True for f in RUNTIME_FIELDS}
-        for block, runtime in BACKEND_RUNTIME_FIELDS.items():
-            exclude[block] = runtime if block == self.backend else True
-        return self.model_dump(mode="json", exclude=exclude)
+        """Everything that determines the labels (for the output manifest). The generator
+        enters in the flat form manifests recorded before it was one block
+        (:meth:`~raglign.models.generator_spec.GeneratorSpec.fingerprint`), so an output
+        labelled then is still resumed by the same recipe."""
+        exclude = {f: True for f in (*RUNTIME_FIELDS, "generator")}
+        return {**self.model_dump(mode="json", exclude=exclude), **self.generator.fingerprint()}
 
 
 def load_label_config(path: str | None = None, overrides: Mapping[str, Any] | None = None,

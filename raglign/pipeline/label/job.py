@@ -43,7 +43,7 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
         with ray_session(cfg.ray, log_dir=cfg.output), \
                 progress_bar(sum(s.rows for s in todo), "[label] rows") as bar:
             collector = ShardCollector(store, todo, bar.update)
-            if cfg.backend == "transformers":
+            if cfg.generator.backend == "transformers":
                 _label_shards_ray(cfg, todo, collector)
             else:
                 label_shards_llm(cfg, todo, collector, progress)
@@ -52,8 +52,9 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
     elapsed = time.monotonic() - started
     done_rows = sum(s.rows for s in todo)
     summary = store.finish(shards, {
-        "signals": cfg.signals, "generator": cfg.generator, "context": cfg.context,
-        "backend": cfg.backend, "rows_this_run": done_rows, "seconds_this_run": round(elapsed, 3),
+        "signals": cfg.signals, "generator": cfg.generator.name, "context": cfg.context,
+        "backend": cfg.generator.backend, "rows_this_run": done_rows,
+        "seconds_this_run": round(elapsed, 3),
         "rows_per_second_this_run": round(done_rows / elapsed, 4) if done_rows and elapsed else None,
     })
     if cfg.eval.enabled:

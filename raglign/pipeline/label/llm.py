@@ -35,8 +35,7 @@ import pyarrow as pa
 from raglign.errors import RaglignError
 from raglign.models import vllm_backend as vb
 from raglign.pipeline.label.config import LabelConfig
-from raglign.pipeline.label.processors import (LOGPROB, TEXT, http_config, http_specs,
-                                               vllm_config, vllm_spec)
+from raglign.pipeline.label.processors import LOGPROB, TEXT, http_specs, vllm_spec
 from raglign.pipeline.label.request_rows import (KEY, KIND, REQUEST_SCHEMA, TOTAL, expand,
                                                  request_key, request_kinds)
 from raglign.pipeline.label.rows import label_rows, load_models, model_needs, output_schema
@@ -60,10 +59,10 @@ def llm_stage(cfg: LabelConfig) -> Callable:
     """``dataset of request rows -> dataset of results`` through ray.data.llm processors."""
     signals = [SIGNALS[n] for n in cfg.signals]
     kinds = request_kinds(signals, cfg)
-    if cfg.backend == "vllm":
+    if cfg.generator.backend == "vllm":
         vb.require_vllm()
-        return vllm_spec(vllm_config(cfg)).build()
-    specs = http_specs(http_config(cfg))
+        return vllm_spec(cfg.generator.vllm_config()).build()
+    specs = http_specs(cfg.generator.http_config())
     wanted = ({"score"} & kinds) | ({"generate"} if kinds - {"score"} else set())
     procs = {k: specs[k].build() for k in sorted(wanted)}
     if len(procs) == 1:
@@ -165,7 +164,7 @@ def label_shards_llm(cfg: LabelConfig, todo: list[Shard], collector: ShardCollec
     config = cfg.model_dump(mode="json")
     ask = [s for s in todo if not store.has(s)]
     if ask:
-        progress(f"[label] {len(ask)} shards to send to the {cfg.backend} backend")
+        progress(f"[label] {len(ask)} shards to send to the {cfg.generator.backend} backend")
         ds = ray.data.from_items([asdict(s) for s in ask], override_num_blocks=len(ask))
         ds = ds.map_batches(_expand_shards, fn_kwargs={"config": config}, batch_size=1,
                             batch_format="pyarrow")

@@ -17,7 +17,6 @@ from raglign.models import http_backend as hb
 from raglign.models import vllm_backend as vb
 from raglign.models.generator import GenerationParams
 from raglign.models.vllm_backend import ProcessorSpec
-from raglign.pipeline.label.config import LabelConfig
 from raglign.pipeline.label.request_rows import KEY, KIND, PARAMS, TOTAL
 from raglign.pipeline.shards import SHARD_COL
 from raglign.prompts import TASKS
@@ -30,21 +29,6 @@ SAMPLING_KEYS = ("max_tokens", "temperature", "top_p", "seed", "stop")
 # None for ``top_p`` or ``detokenize``. Unused keys therefore carry vLLM's own defaults.
 VLLM_SAMPLING_DEFAULTS = {"max_tokens": 16, "temperature": 1.0, "top_p": 1.0, "seed": None,
                           "prompt_logprobs": None, "detokenize": True}
-
-
-def vllm_config(cfg: LabelConfig) -> vb.VLLMConfig:
-    """The job's ``vllm:`` options as a :class:`~raglign.models.vllm_backend.VLLMConfig`
-    (``model`` defaults to the job's ``generator``)."""
-    opts = cfg.vllm.model_dump()
-    return vb.VLLMConfig(**{**opts, "model": opts["model"] or cfg.generator})
-
-
-def http_config(cfg: LabelConfig) -> hb.HttpConfig:
-    """The job's ``http:`` options as an :class:`~raglign.models.http_backend.HttpConfig`
-    (``model`` and ``tokenizer`` default to the job's ``generator``)."""
-    opts = cfg.http.model_dump()
-    model = opts["model"] or cfg.generator
-    return hb.HttpConfig(**{**opts, "model": model, "tokenizer": opts["tokenizer"] or cfg.generator})
 
 
 def generation_params(row: Mapping[str, Any]) -> GenerationParams:

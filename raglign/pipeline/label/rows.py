@@ -25,9 +25,9 @@ def load_models(cfg: LabelConfig, needs: set[str]) -> Models:
     """The models ``needs`` asks for; the engine shares the generator's weights."""
     models = Models()
     if needs & {"generator", "engine"}:
-        from raglign.models.generator import TransformersGenerator
+        from raglign.models.generator_spec import build_generator
 
-        gen = TransformersGenerator.from_name(cfg.generator, dtype=cfg.dtype, device=cfg.device)
+        gen = build_generator(cfg.generator)  # transformers: signals read its model and engine
         models.generator, models.tokenizer = gen, gen.tokenizer
         if "engine" in needs:
             from raglign.engine import DocumentEngine
@@ -36,7 +36,8 @@ def load_models(cfg: LabelConfig, needs: set[str]) -> Models:
     if "encoder" in needs:
         from raglign.models.encoders import load_encoder
 
-        models.encoder = load_encoder(cfg.encoder, device=None if cfg.device == "auto" else cfg.device)
+        device = cfg.generator.device
+        models.encoder = load_encoder(cfg.encoder, device=None if device == "auto" else device)
     return models
 
 

@@ -36,10 +36,9 @@ class GumbelLoss(Loss):
 
     def __init__(self, options: GumbelOptions, device):
         from raglign.engine import DocumentEngine
-        from raglign.models.generator import TransformersGenerator
+        from raglign.models.generator_spec import build_generator
 
-        gen = TransformersGenerator.from_name(options.generator, dtype=options.dtype,
-                                              device=str(device))
+        gen = build_generator(options.generator.model_copy(update={"device": str(device)}))
         self.engine = DocumentEngine(gen.model, gen.tokenizer)  # freezes the LLM
         self.options = options
         self.cache_mib = 0.0
@@ -73,9 +72,9 @@ class GumbelLoss(Loss):
 
     @classmethod
     def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
-        g = cfg.gumbel
+        g, lm = cfg.gumbel, cfg.gumbel.generator
         loss = (f"G-Rerank: the gold answer's per-token NLL under the frozen generator "
-                f"`{g.generator}` ({g.dtype}) reading the candidates through a Gumbel relaxed "
+                f"`{lm.name}` ({lm.dtype}) reading the candidates through a Gumbel relaxed "
                 f"top-{g.k} mask of the scores (tau {g.tau}, kappa {g.kappa}, noise {g.noise}, "
                 f"{g.samples} mask(s) per query)")
         return f"gold answers (alias `{g.answer_alias}`) over the first {g.n} candidates", loss

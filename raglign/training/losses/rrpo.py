@@ -49,13 +49,12 @@ class RRPOLoss(Loss):
     """Per-worker RRPO loss: ``loss = RRPOLoss(cfg, device)(model, batch)``."""
 
     def __init__(self, cfg: TrainConfig, device):
-        from raglign.models.generator import TransformersGenerator
+        from raglign.models.generator_spec import build_generator
 
         o = self.options = cfg.rrpo
         self.temperature = cfg.score_temperature
         # Frozen (the generator wraps the model with gradients off).
-        self.reader = TransformersGenerator.from_name(o.generator, dtype=o.dtype,
-                                                      device=str(device))
+        self.reader = build_generator(o.generator.model_copy(update={"device": str(device)}))
         self.reference = build_reranker(cfg, device).eval().requires_grad_(False)
         self.device = device
         self.cache: dict[tuple[str, frozenset[int]], float] = {}
@@ -145,10 +144,10 @@ class RRPOLoss(Loss):
 
     @classmethod
     def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
-        r = cfg.rrpo
+        r, lm = cfg.rrpo, cfg.rrpo.generator
         loss = (f"RRPO: PPO clipped surrogate (eps {r.clip_eps}) on episodes of {r.k} documents "
                 f"sampled from the Plackett-Luce policy of the scores (temperature "
                 f"{cfg.score_temperature}), reward `{r.reward}` from the frozen reader "
-                f"`{r.generator}` ({r.dtype}), advantages against the initial reranker's greedy "
+                f"`{lm.name}` ({lm.dtype}), advantages against the initial reranker's greedy "
                 f"episode (gamma {r.gamma}, GAE lambda {r.lam}), KL weight {r.kl_beta}")
         return f"gold answers over the first {r.n} candidates", loss
