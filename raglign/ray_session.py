@@ -18,6 +18,9 @@ with Ray's own logging set-up, not by filtering text:
   and logs the WARNING "Failed to query Ray Train Controller actor state" (logger
   ``ray.train.v2._internal.execution.controller.placement_group_cleaner``) each time it cannot
   -- always, on a local Ray without the dashboard, which serves that API.
+
+One line escapes: the error Ray core's C++ logger writes to the driver's stderr once per job
+whose actor pools may restart (:func:`actor_pool_map`).
 """
 
 from __future__ import annotations
@@ -182,12 +185,14 @@ def actor_pool_map(ds, fn: type, actors: int, ray_config: RayConfig, **map_batch
     actors, Train workers and a whole node mid-job). Ray Data's own default is unlimited
     restarts and retries; raglign bounds both (:class:`~raglign.config.RayConfig`).
 
-    Ray core logs an error per actor, "has constructor arguments in the object store and
-    max_restarts > 0" (ray-project/ray#57733), whenever restarts are on: the arguments it
-    means are Ray Data's own (its map transformer and DataContext, which it ``ray.put``\ s);
-    raglign's constructor arguments travel inside the transformer, by value. Those objects
-    live on the driver's node, so a restart after another node is lost finds them (#53727
-    concerns losing the node that holds them, i.e. the driver's, which ends the job anyway).
+    Whenever restarts are on, Ray core prints an error once per driver process, on its
+    stderr (its C++ logger, which :func:`ray_logs_to` cannot reach): "has constructor
+    arguments in the object store and max_restarts > 0" (ray-project/ray#57733). The
+    arguments it means are Ray Data's own (its map transformer and DataContext, which it puts
+    in the object store); raglign's constructor arguments travel inside the transformer, by
+    value. Those objects live on the driver's node, so a restart after another node is lost
+    finds them (#53727 concerns losing the node that holds them, i.e. the driver's, which
+    ends the job anyway).
     Ray 2.60 takes ``max_restarts``/``max_task_retries`` for a pool only among its generic
     remote args, which it deprecates (to be removed in 2.64); that warning is not shown.
     """

@@ -146,8 +146,12 @@ class Node:
 class Cluster:
     def __init__(self, root: Path):
         self.root = root
-        # Ray's temp dir holds its Unix sockets, whose paths may not exceed 107 bytes.
+        # Ray's temp dirs hold its Unix sockets, whose paths may not exceed 107 bytes. One per
+        # node, as on separate machines: nodes sharing one would share the directory each
+        # node's runtime-env agent unpacks a job's working dir into, and a node that unpacks
+        # it (replacing what is there) pulls it from under the job's driver on the other.
         self.ray_tmp = tempfile.mkdtemp(prefix="rgc-")
+        self.worker_tmp = tempfile.mkdtemp(prefix="rgw-")
         self.port, dash = _free_port(), _free_port()
         self.dashboard = f"http://{HEAD_IP}:{dash}"
         base = {k: v for k, v in os.environ.items()
@@ -168,7 +172,8 @@ class Cluster:
 
     def start_worker(self) -> None:
         self._start("worker", [f"--address=[::ffff:{HEAD_IP}]:{self.port}",
-                               f"--node-ip-address={WORKER_IP}", "--num-cpus=1"],
+                               f"--node-ip-address={WORKER_IP}", "--num-cpus=1",
+                               f"--temp-dir={self.worker_tmp}"],
                     self.worker_env, [HEAD_IP, WORKER_IP])
 
     def _start(self, name: str, args: list[str], env: dict, ips: list[str],
@@ -231,7 +236,12 @@ class Cluster:
     def stop(self) -> None:
         for node in reversed(self.nodes()):
             node.stop()
-        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+        # Ray's logs outlive its temp dirs, beside the test's other files.
+        for name, tmp in (("head", self.ray_tmp), ("worker", self.worker_tmp)):
+            logs = Path(tmp, "session_latest", "logs")
+            if logs.is_dir():
+                shutil.copytree(logs, self.root / f"ray-logs-{name}", dirs_exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
