@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from raglign.errors import ConfigError, did_you_mean
 
@@ -26,12 +26,24 @@ class StrictModel(BaseModel):
 
 
 class RayConfig(StrictModel):
-    """Where to run: an existing cluster (``address``) or a local Ray started for this job."""
+    """Where to run: an existing cluster (``address``) or a local Ray started for this job; and
+    how a job's actor pools (label, eval, retrieve) survive a lost actor or node.
+
+    ``actor_restarts``: times Ray restarts a pool actor whose process or node died (it runs
+    its constructor again, reloading its models); ``task_retries``: times a call that was
+    running on a dead actor is sent again (to the restarted actor or another one), so a label
+    shard in flight is redone whole. Neither retries a Python exception -- bad input still
+    fails the job at once. Bounded, not Ray Data's unlimited default, so an actor that dies
+    on every attempt (out of memory on one shard) fails the job with its cause instead of
+    restarting forever; -1 is unlimited, 0 fails the job on the first death (docs/cluster.md).
+    """
 
     address: str | None = None
     num_cpus: int | None = None
     num_gpus: int | None = None
     object_store_memory_mb: int = 512
+    actor_restarts: int = Field(3, ge=-1)
+    task_retries: int = Field(3, ge=-1)
 
 
 class JobConfig(StrictModel):

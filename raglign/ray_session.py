@@ -18,6 +18,9 @@ with Ray's own logging set-up, not by filtering text:
   and logs the WARNING "Failed to query Ray Train Controller actor state" (logger
   ``ray.train.v2._internal.execution.controller.placement_group_cleaner``) each time it cannot
   -- always, on a local Ray without the dashboard, which serves that API.
+
+One line escapes: the error Ray core's C++ logger writes to the driver's stderr once per job
+whose actor pools may restart (:func:`actor_pool_map`).
 """
 
 from __future__ import annotations
@@ -169,25 +172,39 @@ def _worker_prefix(batch: dict) -> str:
     return f"({who} pid={batch.get('pid')}) " if who else f"(pid={batch.get('pid')}) "
 
 
-def actor_pool_map(ds, fn: type, actors: int, **map_batches_args: Any):
-    """``ds.map_batches(fn, ...)`` on a pool of ``actors`` actors that are not restarted.
+def actor_pool_map(ds, fn: type, actors: int, ray_config: RayConfig, **map_batches_args: Any):
+    """``ds.map_batches(fn, ...)`` on a pool of ``actors`` actors that survive a lost actor.
 
-    Ray Data puts every pool's constructor arguments (its own map transformer and DataContext,
-    whatever the UDF's arguments) in the object store and asks for unlimited restarts by
-    default, so Ray core logs an error per actor: "has constructor arguments in the object
-    store and max_restarts > 0" (ray-project/ray#57733; such restarts fail once those objects
-    are lost, #53727). raglign's jobs do not need restarts -- a label job resumes per shard
-    when re-run, retrieval and evaluation are one pass -- and a restart loop under memory
-    pressure hides the cause, so a dead actor fails the job with its own error. Ray 2.60 takes
-    ``max_restarts`` for a pool only among its generic remote args, which it deprecates (to be
-    removed in 2.64, which would need this revisited); that warning is not shown.
+    A pool actor whose process or node dies is restarted up to ``ray_config.actor_restarts``
+    times (Ray core re-runs its constructor, on another node if its own is gone), and the calls
+    that were running on it are retried up to ``ray_config.task_retries`` times
+    (``max_task_retries`` of the actor's methods): Ray Data's actor pool marks the actor as
+    restarting, sends it no new work meanwhile, and Ray core resubmits its in-flight calls once
+    it is back. A call's output reaches the job only when the call returns, so a retried label
+    shard or eval batch is redone whole and never counted twice (tests/test_cluster.py kills
+    actors, Train workers and a whole node mid-job). Ray Data's own default is unlimited
+    restarts and retries; raglign bounds both (:class:`~raglign.config.RayConfig`).
+
+    Whenever restarts are on, Ray core prints an error once per driver process, on its
+    stderr (its C++ logger, which :func:`ray_logs_to` cannot reach): "has constructor
+    arguments in the object store and max_restarts > 0" (ray-project/ray#57733). The
+    arguments it means are Ray Data's own (its map transformer and DataContext, which it puts
+    in the object store); raglign's constructor arguments travel inside the transformer, by
+    value. Those objects live on the driver's node, so a restart after another node is lost
+    finds them (#53727 concerns losing the node that holds them, i.e. the driver's, which
+    ends the job anyway).
+    Ray 2.60 takes ``max_restarts``/``max_task_retries`` for a pool only among its generic
+    remote args, which it deprecates (to be removed in 2.64); that warning is not shown.
     """
     import warnings
 
     import ray
     from ray.util.annotations import RayDeprecationWarning
 
+    restarts = {"max_restarts": ray_config.actor_restarts}
+    if ray_config.actor_restarts != 0:  # as Ray Data: a retry runs on the restarted actor
+        restarts["max_task_retries"] = ray_config.task_retries
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RayDeprecationWarning)
         return ds.map_batches(fn, compute=ray.data.ActorPoolStrategy(size=actors),
-                              max_restarts=0, **map_batches_args)
+                              **restarts, **map_batches_args)

@@ -260,7 +260,7 @@ class TrainConfig(JobConfig):
     checkpoint_every: int = Field(default=500, ge=1)  # optimizer steps
     keep_checkpoints: int = Field(default=1, ge=1)  # plus the best by validation, if another
     max_steps: int | None = Field(default=None, ge=1)  # stop (and checkpoint) early; resumable
-    max_failures: int = Field(default=0, ge=-1)  # worker-group restarts from the last checkpoint
+    max_failures: int = Field(default=3, ge=-1)  # worker-group restarts from the last checkpoint
     log_every: int | None = Field(default=None, ge=1)  # None: every step below 100 steps, see
     # log_interval
     validation: ValidationOptions | None = None  # held-out questions scored during training

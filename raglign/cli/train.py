@@ -72,7 +72,7 @@ def register(sub) -> None:
     p.add_argument("--eval-every", dest="eval_every", type=int,
                    help="steps between validations (default: about 10 per run)")
     p.add_argument("--max-failures", dest="max_failures", type=int,
-                   help="worker-group restarts from the last checkpoint (default 0)")
+                   help="worker-group restarts from the last checkpoint (default 3)")
     p.add_argument("--run-name", dest="run_name", help="Ray Train run name (default 'train')")
     p.add_argument("--storage-path", dest="storage_path",
                    help="Ray Train storage (default OUTPUT/ray; shared FS or s3:// on clusters)")

@@ -271,7 +271,7 @@ def _map(rows: list[dict], actor: type, cfg: EvalConfig, stage: str,
     columns = ["id", "question", "choices", "candidates"] + (["ranking"] if "ranking" in rows[0] else [])
     items = [{k: r[k] for k in columns} for r in rows]
     gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
-    ds = actor_pool_map(ray.data.from_items(items), actor, cfg.actors,
+    ds = actor_pool_map(ray.data.from_items(items), actor, cfg.actors, cfg.ray,
                         fn_constructor_kwargs=kwargs, batch_format="pandas",
                         batch_size=default_shard_rows(len(rows), cfg.actors, cfg.batch_size),
                         **gpus)

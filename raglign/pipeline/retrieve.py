@@ -254,7 +254,8 @@ def embed_texts(texts: list[str], cfg: RetrieveConfig) -> np.ndarray:
     # ``batch_size`` texts, fewer when that would leave actors idle (the encoder batches anyway).
     per_block = max(1, math.ceil(n / (cfg.actors * 8)))
     ds = ray.data.from_arrow([table.slice(s, per_block) for s in range(0, n, per_block)])
-    ds = actor_pool_map(ds, EmbedActor, cfg.actors, fn_constructor_kwargs=_actor_kwargs(cfg),
+    ds = actor_pool_map(ds, EmbedActor, cfg.actors, cfg.ray,
+                        fn_constructor_kwargs=_actor_kwargs(cfg),
                         batch_size=default_shard_rows(n, cfg.actors, cfg.batch_size),
                         batch_format="numpy", num_cpus=cfg.cpus_per_actor,
                         num_gpus=cfg.gpus_per_actor)

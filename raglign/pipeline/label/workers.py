@@ -67,7 +67,7 @@ def map_shards(cfg: LabelConfig, todo: list[Shard], worker: type[ShardWorker],
     ds = ray.data.from_items([asdict(s) for s in todo], override_num_blocks=len(todo))
     gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
     return actor_pool_map(
-        ds, worker, cfg.actors,
+        ds, worker, cfg.actors, cfg.ray,
         fn_constructor_kwargs={"config": cfg.model_dump(mode="json"), **constructor_kwargs},
         batch_size=1, batch_format="pyarrow", num_cpus=cfg.cpus_per_actor, **gpus)
 
