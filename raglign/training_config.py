@@ -150,7 +150,7 @@ class RRPOOptions(StrictModel):
                                                     "grad_accumulation")
     reward_actors: int = Field(1, ge=0, description="Ray actors holding the reader, shared by "
                                "every Train worker; 0: each worker loads its own reader "
-                               "(local mode, num_workers 0, needs 0)")
+                               "(local mode, num_workers 0, needs 0 and defaults to it)")
     reward_actor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per reward actor")
     reward_actor_gpus: float = Field(0.0, ge=0, description="GPUs per reward actor (> 0: the "
                                      "reader runs on CUDA; fractions share a GPU)")
@@ -254,6 +254,11 @@ class TrainConfig(JobConfig):
             objective = data.get("objective")
             if objective in LM_OBJECTIVES and data.get(objective) is None:
                 data = {**data, objective: {}}
+            # Local mode has no Ray for reward actors: its reader is in the process by default.
+            block = data.get("rrpo")
+            if (isinstance(block, dict) and "reward_actors" not in block
+                    and data.get("num_workers") == 0):
+                data = {**data, "rrpo": {**block, "reward_actors": 0}}
         return data
 
     @model_validator(mode="after")

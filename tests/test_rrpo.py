@@ -214,6 +214,8 @@ def test_rrpo_config_defaults_and_errors(tmp_path):
     r = TrainConfig(data="d", output="o", objective="rrpo").rrpo
     assert (r.k, r.n, r.reward, r.gamma, r.lam, r.clip_eps) == (3, 20, "f1", 1.0, 0.95, 0.2)
     assert (r.ppo_epochs, r.minibatches, r.reward_actors) == (4, 1, 1)
+    local = TrainConfig(data="d", output="o", objective="rrpo", num_workers=0)
+    assert local.rrpo.reward_actors == 0  # no Ray in local mode: the reader is in the process
     assert TrainConfig(data="d", output="o").rrpo is None
     recipe = load_job(Path(__file__).resolve().parents[1] / "jobs" / "train_rrpo_hotpotqa.yaml")
     assert isinstance(recipe, TrainConfig) and recipe.objective == "rrpo"
@@ -221,7 +223,8 @@ def test_rrpo_config_defaults_and_errors(tmp_path):
     for bad, match in [({"rrpo": {"k": 3}}, "applies to objective 'rrpo' only"),
                        ({"objective": "rrpo", "rrpo": {"reward": "bleu"}}, "rrpo.reward"),
                        ({"objective": "rrpo", "rrpo": {"clip_eps": 0}}, "rrpo.clip_eps"),
-                       ({"objective": "rrpo", "num_workers": 0}, "set rrpo.reward_actors: 0"),
+                       ({"objective": "rrpo", "num_workers": 0, "rrpo": {"reward_actors": 2}},
+                        "set rrpo.reward_actors: 0"),
                        ({"objective": "rrpo", "grad_accumulation": 3, "batch_size": 6,
                          "rrpo": {"minibatches": 2}}, r"minibatches \(2\) must divide")]:
         with pytest.raises(ConfigError, match=match):
