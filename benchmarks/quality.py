@@ -138,7 +138,9 @@ def train_models(demo: Path, out: Path, demo_cfg: dict, data: dict[str, Path], a
             common.update(objective="rrpo", batch_size=args.rrpo_batch_size,
                           epochs=args.rrpo_epochs, temperature=args.rrpo_temperature,
                           rrpo={"generator": demo_cfg["generator"], "n": 10, "k": args.rrpo_k,
-                                "reward": args.rrpo_reward})
+                                "reward": args.rrpo_reward, "ppo_epochs": args.rrpo_ppo_epochs,
+                                "reward_actors": args.rrpo_reward_actors,
+                                "reward_actor_cpus": args.rrpo_actor_cpus})
         else:
             common.update(objective=TRAINED[method])
         t = time.monotonic()
@@ -231,6 +233,12 @@ def main() -> None:
     ap.add_argument("--rrpo-k", type=int, default=3, help="documents per episode (paper: 3)")
     ap.add_argument("--rrpo-reward", default="logprob", choices=["logprob", "f1", "em"],
                     help="logprob: dense and cheap on a CPU; f1 is the paper's")
+    ap.add_argument("--rrpo-ppo-epochs", type=int, default=4, help="PPO passes per rollout")
+    ap.add_argument("--rrpo-reward-actors", type=int, default=1,
+                    help="Ray actors holding the reader (0: one reader in each train worker)")
+    ap.add_argument("--rrpo-actor-cpus", type=float, default=1.0,
+                    help="CPUs per reward actor; with the train workers' they must fit the "
+                         "machine (2 cores: --train-workers 1)")
     ap.add_argument("--rrpo-temperature", type=float, default=None,
                     help="policy temperature on the scores (default: the kind's, 0.02 bi)")
     ap.add_argument("--loo-k", type=int, default=5, help="LOOP's K (the reader's k2)")

@@ -150,8 +150,18 @@ class RRPOOptions(StrictModel):
 
     ``reward: logprob`` (log p(gold alias | the QA prompt with the chosen documents), one
     scoring forward, no decoding) is the cheap, dense alternative methods.md names; F1/EM need
-    one greedy answer per distinct subset. Rewards are cached per question and chosen set, so a
-    subset is never read twice by a worker.
+    one greedy answer per distinct subset.
+
+    Reward actors: the reader lives in ``reward_actors`` Ray actors apart from the Train
+    workers (own CPUs / GPUs); every worker sends its subsets to the actor a stable hash of
+    (question, chosen set) names, so one cache serves all workers and no subset is read twice.
+
+    PPO: the ``batch_size`` questions of a step are one rollout (episodes sampled, rewarded and
+    their log-probabilities stored once); ``ppo_epochs`` passes over it follow, each in
+    ``minibatches`` optimizer steps of ``grad_accumulation / minibatches`` micro-batches. From
+    the second update on the ratio to the sampling policy leaves 1 and the clip binds; 4 epochs
+    is PPO's usual setting, ``ppo_epochs: 1, minibatches: 1`` one policy-gradient step per
+    rollout.
     """
 
     generator: GeneratorSpec = Field(GeneratorSpec(name="smollm2-135m"),
@@ -166,6 +176,17 @@ class RRPOOptions(StrictModel):
     kl_beta: float = Field(0.01, ge=0, description="weight of KL(policy || reference)")
     answer_alias: Literal["best", "first"] = Field(
         "best", description="the gold alias the logprob reward scores (F1/EM use every alias)")
+    ppo_epochs: PositiveInt = Field(4, description="passes over each rollout batch")
+    minibatches: PositiveInt = Field(1, description="optimizer steps per pass; divides "
+                                                    "grad_accumulation")
+    reward_actors: int = Field(1, ge=0, description="Ray actors holding the reader, shared by "
+                               "every Train worker; 0: each worker loads its own reader "
+                               "(local mode, num_workers 0, needs 0 and defaults to it)")
+    reward_actor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per reward actor")
+    reward_actor_gpus: float = Field(0.0, ge=0, description="GPUs per reward actor (> 0: the "
+                                     "reader runs on CUDA; fractions share a GPU)")
+    reward_actor_restarts: int = Field(3, ge=-1, description="times a dead reward actor is "
+                                       "replaced (-1: always); a replacement starts cache-less")
 
     @model_validator(mode="before")
     @classmethod
@@ -279,6 +300,11 @@ class TrainConfig(JobConfig):
             objective = data.get("objective")
             if objective in LM_OBJECTIVES and data.get(objective) is None:
                 data = {**data, objective: {}}
+            # Local mode has no Ray for reward actors: its reader is in the process by default.
+            block = data.get("rrpo")
+            if (isinstance(block, dict) and "reward_actors" not in block
+                    and data.get("num_workers") == 0):
+                data = {**data, "rrpo": {**block, "reward_actors": 0}}
         return data
 
     @model_validator(mode="after")
@@ -303,6 +329,13 @@ class TrainConfig(JobConfig):
         if self.eval_every is not None and self.validation is None:
             raise ValueError("eval_every needs a validation block (validation.data or "
                              "validation.fraction) to evaluate on")
+        if self.rrpo is not None and self.rrpo.reward_actors and self.num_workers == 0:
+            raise ValueError("rrpo.reward_actors needs Ray workers; local mode (num_workers 0) "
+                             "reads rewards in the process: set rrpo.reward_actors: 0")
+        if self.rrpo is not None and self.grad_accumulation % self.rrpo.minibatches:
+            raise ValueError(f"rrpo.minibatches ({self.rrpo.minibatches}) must divide "
+                             f"grad_accumulation ({self.grad_accumulation}): a mini-batch is "
+                             "whole micro-batches")
         per_step = max(self.num_workers, 1) * self.grad_accumulation
         if self.batch_size % per_step:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of num_workers x "

@@ -147,12 +147,64 @@ def test_policy_gradient_learns_a_bandit():
     assert torch.softmax(logits.detach(), -1)[0, 0] > 0.6
 
 
+def _plackett_luce_grad(logits: torch.Tensor, actions: torch.Tensor, b: int, t: int):
+    """d log π(a_t | s_t) / d logits[b] by hand: one-hot(a_t) - softmax over the documents
+    still available (0 on the chosen ones)."""
+    left = [j for j in range(logits.shape[1]) if j not in actions[b, :t].tolist()]
+    g = torch.zeros(logits.shape[1], dtype=logits.dtype)
+    g[left] = -torch.softmax(logits[b, left], -1)
+    g[actions[b, t]] += 1
+    return g
+
+
+def test_ppo_epochs_make_the_clip_bind_and_clipped_steps_get_no_gradient():
+    """Several updates on one rollout: after the first, ratios leave [1 - eps, 1 + eps]; the
+    gradient equals the hand-written policy gradient over the steps the clip does not bind."""
+    torch.manual_seed(1)
+    B, n, k, eps = 8, 5, 2, 0.2
+    logits = torch.randn(B, n, dtype=torch.float64).requires_grad_()
+    actions = plackett_luce_sample(logits, k)
+    old = action_log_probs(step_log_policies(logits.detach(), actions), actions)
+    adv = normalize_advantages(torch.randn(B, k, dtype=torch.float64))
+    opt = torch.optim.SGD([logits], lr=3.0)
+    fractions = []
+    for _ in range(3):  # ppo_epochs = 3, one mini-batch
+        loss, parts = rrpo_loss(logits, logits.detach(), actions, old, adv, clip_eps=eps,
+                                kl_beta=0.0)
+        fractions.append(parts["clip_fraction"])
+        opt.zero_grad()
+        loss.backward()
+        if len(fractions) == 2:  # the second epoch: the clip binds; check its gradient
+            w = logits.detach()
+            ratio = torch.exp(action_log_probs(step_log_policies(w, actions), actions) - old)
+            binds = ((adv > 0) & (ratio > 1 + eps)) | ((adv < 0) & (ratio < 1 - eps))
+            assert binds.any() and not binds.all()
+            want = torch.zeros_like(w)
+            for b, t in itertools.product(range(B), range(k)):
+                if not binds[b, t]:
+                    want[b] -= adv[b, t] * ratio[b, t] * _plackett_luce_grad(w, actions, b, t)
+            assert torch.allclose(logits.grad, want / (B * k), atol=1e-12)
+            # Alone, the bound steps give exactly zero gradient.
+            x = w.clone().requires_grad_()
+            bound_only, _ = rrpo_loss(x, w, actions, old, adv * binds, clip_eps=eps, kl_beta=0.0)
+            bound_only.backward()
+            assert x.grad.abs().max() == 0
+        opt.step()
+    assert fractions[0] == 0 and fractions[1] > 0 and fractions[2] > 0
+    # k3 estimate of KL(old || new): zero at the rollout's policy, positive after updates.
+    _, parts = rrpo_loss(logits, logits.detach(), actions, old, adv, kl_beta=0.0)
+    ratio = torch.exp(action_log_probs(step_log_policies(logits.detach(), actions), actions)
+                      - old)
+    assert parts["approx_kl"] == pytest.approx(float((ratio - 1 - ratio.log()).mean()))
+    assert parts["approx_kl"] > 0
+
+
 # --------------------------------------------------------------------------- the trainer's loss
 
 def _cfg(data, model, generator, output, **kw) -> TrainConfig:
     base = {"data": data, "output": str(output), "model": str(model), "objective": "rrpo",
             "rrpo": {"generator": {"name": generator, "dtype": "float32"}, "n": 3, "k": 2,
-                     "reward": "logprob"},
+                     "reward": "logprob", "reward_actors": 0},
             "lr": 1e-2, "batch_size": 2, "epochs": 1, "max_length": 48, "num_workers": 1,
             "log_every": 1, "checkpoint_every": 2, "warmup_ratio": 0.0}
     return TrainConfig(**(base | kw))
@@ -161,15 +213,36 @@ def _cfg(data, model, generator, output, **kw) -> TrainConfig:
 def test_rrpo_config_defaults_and_errors(tmp_path):
     r = TrainConfig(data="d", output="o", objective="rrpo").rrpo
     assert (r.k, r.n, r.reward, r.gamma, r.lam, r.clip_eps) == (3, 20, "f1", 1.0, 0.95, 0.2)
+    assert (r.ppo_epochs, r.minibatches, r.reward_actors) == (4, 1, 1)
+    local = TrainConfig(data="d", output="o", objective="rrpo", num_workers=0)
+    assert local.rrpo.reward_actors == 0  # no Ray in local mode: the reader is in the process
     assert TrainConfig(data="d", output="o").rrpo is None
     recipe = load_job(Path(__file__).resolve().parents[1] / "jobs" / "train_rrpo_hotpotqa.yaml")
     assert isinstance(recipe, TrainConfig) and recipe.objective == "rrpo"
     assert (recipe.rrpo.k, recipe.rrpo.reward, recipe.score_temperature) == (3, "f1", 1.0)
     for bad, match in [({"rrpo": {"k": 3}}, "applies to objective 'rrpo' only"),
                        ({"objective": "rrpo", "rrpo": {"reward": "bleu"}}, "rrpo.reward"),
-                       ({"objective": "rrpo", "rrpo": {"clip_eps": 0}}, "rrpo.clip_eps")]:
+                       ({"objective": "rrpo", "rrpo": {"clip_eps": 0}}, "rrpo.clip_eps"),
+                       ({"objective": "rrpo", "num_workers": 0, "rrpo": {"reward_actors": 2}},
+                        "set rrpo.reward_actors: 0"),
+                       ({"objective": "rrpo", "grad_accumulation": 3, "batch_size": 6,
+                         "rrpo": {"minibatches": 2}}, r"minibatches \(2\) must divide")]:
         with pytest.raises(ConfigError, match=match):
             validate(TrainConfig, {"job": "train", "data": "d", "output": "o", **bad}, "t.yaml")
+
+
+def test_workers_and_reward_actors_must_fit_a_fixed_ray(monkeypatch):
+    from raglign.pipeline.train import _check_fits
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = TrainConfig(data="d", output="o", objective="rrpo", num_workers=2)
+    with pytest.raises(ConfigError, match=r"needs 3 CPUs \(2 Train workers \+ 1 RRPO reward "
+                                          r"actors x 1\) but this Ray has 2"):
+        _check_fits(cfg, {"CPU": 2.0})
+    _check_fits(cfg.model_copy(update={"num_workers": 1}), {"CPU": 2.0})
+    gpu = cfg.rrpo.model_copy(update={"reward_actor_gpus": 0.5, "reward_actors": 2})
+    with pytest.raises(ConfigError, match="needs 1 GPUs"):
+        _check_fits(cfg.model_copy(update={"num_workers": 1, "rrpo": gpu}), {"CPU": 4.0})
 
 
 def test_rows_with_fewer_than_k_candidates_are_errors(tmp_path, tiny_bert_dir):
@@ -202,8 +275,8 @@ def test_logprob_rewards_are_the_readers_likelihoods_and_are_cached(loss_parts):
     from raglign.engine import DocumentEngine
 
     cfg, batch, loss_fn, _ = loss_parts
-    engine = DocumentEngine(loss_fn.reader.model, loss_fn.reader.tokenizer)
-    loss_fn.cache.clear()
+    engine = DocumentEngine(loss_fn.source.generator.model, loss_fn.source.generator.tokenizer)
+    loss_fn.source.cache.clear()
     episodes = [torch.tensor([[2, 0], [1, 2], [0, 1]]), torch.tensor([[0, 1], [1, 2], [0, 2]])]
     got = loss_fn.rewards(batch, episodes)
     cols = batch.columns
@@ -224,13 +297,14 @@ def test_logprob_rewards_are_the_readers_likelihoods_and_are_cached(loss_parts):
 
 def test_f1_rewards_score_the_readers_greedy_answer(loss_parts):
     from raglign.metrics import f1_score
-    from raglign.training.losses.rrpo import RRPOLoss
     from raglign.prompts import parallel_prompt
+    from raglign.training.losses.rrpo import RRPOLoss
+    from raglign.training.rrpo_rewards import RewardReader
 
     cfg, batch, logprob_loss, _ = loss_parts
     f1_cfg = cfg.model_copy(update={"rrpo": cfg.rrpo.model_copy(update={"reward": "f1"})})
-    loss_fn = RRPOLoss(f1_cfg, torch.device("cpu"))
-    loss_fn.reader = logprob_loss.reader  # the same weights, loaded once
+    reader = logprob_loss.source.generator  # the same weights, loaded once
+    loss_fn = RRPOLoss(f1_cfg, torch.device("cpu"), rewards=RewardReader(reader, f1_cfg.rrpo))
     episode = torch.tensor([[1, 0], [0, 2], [2, 1]])
     got, = loss_fn.rewards(batch, [episode])
     cols = batch.columns
@@ -238,9 +312,8 @@ def test_f1_rewards_score_the_readers_greedy_answer(loss_parts):
         for t in range(2):
             docs = [(cols["titles"][i][j], cols["texts"][i][j])
                     for j in sorted(episode[i, :t + 1].tolist())]
-            answer = loss_fn.reader.generate([parallel_prompt(loss_fn.reader.tokenizer,
-                                                              cols["question"][i], docs)],
-                                             max_new_tokens=32)[0]
+            answer = reader.generate([parallel_prompt(reader.tokenizer, cols["question"][i],
+                                                      docs)], max_new_tokens=32)[0]
             assert got[i, t].item() == pytest.approx(f1_score(answer, cols["answers"][i]))
 
 
@@ -257,34 +330,210 @@ def test_loss_trains_the_reranker_only_and_reports_means(loss_parts):
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
     assert all(torch.isfinite(g).all() for g in grads)
     assert all(p.grad is None for p in loss_fn.reference.parameters())
-    assert all(p.grad is None for p in loss_fn.reader.model.parameters())
+    assert all(p.grad is None for p in loss_fn.source.generator.model.parameters())
     # The reference is the initial reranker: before any step, KL to it is zero.
     means = loss_fn.pop_means()
     assert means["rrpo_kl"] == pytest.approx(0.0, abs=1e-6)
-    assert set(means) == {"rrpo_reward", "rrpo_ref_reward", "rrpo_kl", "rrpo_reads"}
-    # One update per rollout: the ratio is 1, so the loss is the KL term alone in value (the
+    assert set(means) == {"rrpo_reward", "rrpo_ref_reward", "rrpo_kl", "rrpo_reads",
+                          "rrpo_clip_fraction", "rrpo_approx_kl"}
+    # A rollout's first update: the ratio is 1, so the loss is the KL term alone in value (the
     # normalised advantages average to 0) while its gradient is the policy gradient.
     assert loss.item() == pytest.approx(cfg.rrpo.kl_beta * means["rrpo_kl"], abs=1e-6)
+    assert means["rrpo_clip_fraction"] == 0 and means["rrpo_approx_kl"] == 0
+
+
+def test_one_ppo_epoch_is_the_single_policy_gradient_step(loss_parts):
+    """ppo_epochs 1: the loss and its gradient are those of sampling from the scores being
+    updated, ratio 1 (the objective before PPO epochs existed), computed here step by step."""
+    import copy
+
+    from raglign.training.reranker import scorer_class as _scorer_class
+
+    cfg, batch, loss_fn, reranker = loss_parts
+    one = copy.copy(loss_fn)
+    one.options = cfg.rrpo.model_copy(update={"ppo_epochs": 1})
+    assert one.update_plan(1) == [[0]]
+    reranker = copy.deepcopy(reranker).train()  # dropout on: the RNG streams must match too
+    model = _scorer_class()(reranker, False)
+    o, T = cfg.rrpo, cfg.score_temperature
+    valid = batch.mask.bool()
+
+    torch.manual_seed(5)
+    got = one(model, batch)
+    got.backward()
+    got_grads = [p.grad.clone() for p in reranker.parameters() if p.grad is not None]
+    reranker.zero_grad(set_to_none=True)
+
+    torch.manual_seed(5)
+    logits = model(batch.queries, batch.docs).float() / T
+    ref_logits = one.reference.forward_scores(batch.queries, batch.docs).float() / T
+    actions = plackett_luce_sample(logits, o.k, valid)
+    rewards, ref_rewards = one.rewards(batch, [actions, greedy_episode(ref_logits, o.k, valid)])
+    adv = normalize_advantages(reference_anchored_advantages(rewards, ref_rewards, o.gamma, o.lam))
+    want, _ = rrpo_loss(logits, ref_logits, actions, None, adv, valid, o.clip_eps, o.kl_beta)
+    want.backward()
+    want_grads = [p.grad for p in reranker.parameters() if p.grad is not None]
+    assert torch.equal(got, want)
+    assert len(got_grads) == len(want_grads)
+    assert all(torch.equal(a, b) for a, b in zip(got_grads, want_grads))
+
+
+def test_ppo_epochs_reuse_the_rollout_and_the_clip_binds(loss_parts):
+    """ppo_epochs 4: one rollout (rewards read once), four updates of the stored episodes; the
+    later updates see ratios away from 1."""
+    import copy
+
+    from raglign.training.reranker import scorer_class as _scorer_class
+
+    cfg, batch, shared, reranker = loss_parts
+    loss_fn = copy.copy(shared)  # the same reader and reference; its own rollouts and window
+    loss_fn.options = cfg.rrpo.model_copy(update={"clip_eps": 0.01})
+    loss_fn.source.cache.clear()
+    loss_fn._rollouts, loss_fn._window = {}, {}
+    reranker = copy.deepcopy(reranker).eval()
+    model = _scorer_class()(reranker, False)
+    opt = torch.optim.Adam(reranker.parameters(), lr=0.2)  # steps of ~lr whatever the scale
+    plan = loss_fn.update_plan(2)
+    assert plan == [[0, 1]] * 4
+    torch.manual_seed(0)
+    clip = []
+    for _ in plan:
+        loss = loss_fn(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        clip.append(loss_fn.pop_means())
+    assert clip[0]["rrpo_reads"] > 0 and all("rrpo_reads" not in m for m in clip[1:])
+    assert clip[0]["rrpo_clip_fraction"] == 0
+    assert max(m["rrpo_clip_fraction"] for m in clip[1:]) > 0
+    assert all(m["rrpo_approx_kl"] > 0 for m in clip[1:])
+    assert len(loss_fn._rollouts) == 1
+    loss_fn.update_plan(2)  # the next global batch: the rollout is forgotten
+    assert not loss_fn._rollouts
+
+
+# --------------------------------------------------------------------------- reward actors
+
+@pytest.fixture
+def reward_pool(ray_local, loss_parts):
+    """Two reward actors holding the same tiny reader as ``loss_parts``'s in-worker one (per
+    test: their CPUs go back before the Ray Train test needs them)."""
+    from raglign.pipeline.reward_actors import start_reward_actors, stop_reward_actors
+
+    cfg = loss_parts[0]
+    options = cfg.rrpo.model_copy(update={"reward_actors": 2, "reward_actor_cpus": 0.5})
+    actors = start_reward_actors(options)
+    yield cfg.model_copy(update={"rrpo": options}), actors
+    stop_reward_actors(actors)
+
+
+def test_reward_actors_give_the_in_worker_readers_rewards(loss_parts, reward_pool):
+    import ray
+
+    from raglign.pipeline.reward_actors import RewardPool
+    from raglign.training.losses.rrpo import RRPOLoss
+
+    _, batch, local, _ = loss_parts
+    cfg, actors = reward_pool
+    remote = RRPOLoss(cfg, torch.device("cpu"), rewards=RewardPool(actors))
+    episodes = [torch.tensor([[2, 0], [1, 2], [0, 1]]), torch.tensor([[0, 1], [1, 2], [0, 2]])]
+    local.source.cache.clear()
+    want = local.rewards(batch, episodes)
+    got = remote.rewards(batch, episodes)
+    # The actors batch only their share of the subsets, so padding differs: float32 rounding.
+    assert all(torch.allclose(g, w, atol=1e-5, rtol=0) for g, w in zip(got, want))
+    reads = [ray.get(a.state.remote())[3] for a in actors]
+    assert sum(reads) == 9 and min(reads) > 0  # 9 distinct subsets, both actors used
+    stats = remote.source.pop_stats()
+    assert 0 < stats["worker_idle"] <= 1 and 0 <= stats["actor_idle"] < 1
+    assert stats["actor_restarts"] == 0
+
+
+def test_a_subset_two_workers_ask_for_is_read_once(loss_parts, reward_pool):
+    """Two concurrent clients (as two Train workers) send overlapping subsets; routing sends
+    each subset to one actor, whose cache answers the second request."""
+    import ray
+
+    from raglign.pipeline.reward_actors import RewardPool, route
+    from raglign.training.rrpo_rewards import RewardRequest
+
+    cfg, actors = reward_pool
+    before = [ray.get(a.state.remote())[3] for a in actors]
+
+    def request(i: int, chosen: tuple[int, ...]) -> RewardRequest:
+        return RewardRequest((f"two-{i}", chosen), f"question {i}?",
+                             tuple((f"t{j}", f"text {j} of {i}") for j in chosen), "yes",
+                             ("yes",), None)
+
+    first = [request(i, c) for i in range(4) for c in [(0,), (0, 1)]]
+    second = [request(i, c) for i in range(2, 6) for c in [(0, 1), (2,)]]
+
+    @ray.remote(num_cpus=0)
+    def worker(requests):
+        return RewardPool(actors).rewards(requests)
+
+    (v1, r1), (v2, r2) = ray.get([worker.remote(first), worker.remote(second)])
+    distinct = {r.key for r in first + second}
+    after = [ray.get(a.state.remote())[3] for a in actors]
+    assert sum(after) - sum(before) == len(distinct) == 14 and r1 + r2 == 14
+    for a in range(2):  # each actor read exactly the subsets routed to it
+        assert after[a] - before[a] == sum(route(k, 2) == a for k in distinct)
+    shared = {r.key: v for r, v in zip(first, v1)}
+    assert all(shared[r.key] == v for r, v in zip(second, v2) if r.key in shared)
 
 
 def test_ray_train_rrpo_trains_resumes_and_exports(tmp_path, ray_local, canonical_dir,
-                                                   tiny_bert_dir, tiny_dir):
+                                                   tiny_bert_dir, tiny_dir, monkeypatch):
+    """On Ray Train with a reward actor, which is killed during the first run: Ray replaces
+    it, the worker's call is retried, training finishes and reports the restart."""
+    import threading
+    import time
+
+    import ray
+
     from raglign.models.rerankers import load_reranker
+    from raglign.pipeline import reward_actors
     from raglign.pipeline.train import build_reranker, train
 
+    started = []
+
+    start = reward_actors.start_reward_actors
+
+    def start_and_keep(options):  # the handles, for the test to kill one
+        started.extend(start(options))
+        return list(started)
+
+    monkeypatch.setattr(reward_actors, "start_reward_actors", start_and_keep)
+
+    def kill_after_first_read():
+        while not started or ray.get(started[0].state.remote())[3] == 0:
+            time.sleep(0.05)
+        ray.kill(started[0], no_restart=False)
+
     cfg = _cfg(canonical_dir, tiny_bert_dir, tiny_dir, tmp_path / "out")
+    cfg = cfg.model_copy(update={"rrpo": cfg.rrpo.model_copy(
+        update={"reward_actors": 1, "reward_actor_cpus": 0.5})})
     initial = {k: v.clone() for k, v in build_reranker(cfg).state_dict().items()}
+    killer = threading.Thread(target=kill_after_first_read, daemon=True)
+    killer.start()
     first = train(cfg.model_copy(update={"max_steps": 2}))
-    assert (first.step, first.total_steps) == (2, 4)
+    killer.join(timeout=5)
+    assert (first.step, first.total_steps) == (2, 4) and not killer.is_alive()
     early = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["rrpo_actor_restarts"] for line in early) >= 1
+    started.clear()
     second = train(cfg)
     lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     assert second.step == 4 and lines[:2] == early
     history = [json.loads(line) for line in lines]
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     assert all(h["rrpo_reward"] < 0 and h["rrpo_ref_reward"] < 0 for h in history)  # log-probs
-    assert all(0 < h["rrpo_reads"] <= 2 * 2 * 2 for h in history)
+    assert all(0 < h["rrpo_reads"] <= 2 * 2 * 2 for h in history)  # per rollout, fresh rows
+    assert all(0 <= h["rrpo_worker_idle"] <= 1 and 0 <= h["rrpo_actor_idle"] <= 1
+               for h in history)
+    assert all(h["rrpo_clip_fraction"] >= 0 and h["rrpo_approx_kl"] >= 0 for h in history)
     after = load_reranker(str(second.model_dir), kind="cross", max_length=48).state_dict()
     assert sum(not torch.equal(initial[k], after[k]) for k in initial) > len(initial) // 2
     card = (second.model_dir / "README.md").read_text()
     assert "objective: rrpo" in card and "RRPO: PPO clipped surrogate" in card
+    assert "4 PPO epochs x 1 mini-batches" in card

@@ -24,7 +24,7 @@ import yaml
 from raglign.config import validate
 from raglign.data.io import write_rows
 from raglign.errors import ConfigError
-from raglign.pipeline.tune import _finished_trials, check_fits
+from raglign.pipeline.tune import _finished_trials, check_fits, trial_resources
 from raglign.pipeline.tune_config import TuneJobConfig
 from conftest import kill_cli_when
 from test_train import tiny_bert_dir  # noqa: F401 (fixture: the dropout-free BERT)
@@ -157,6 +157,12 @@ def test_trial_resources_are_checked_against_the_nodes(tmp_path, labelled):
     with pytest.raises(ConfigError, match=r"a trial asks for 8 CPU.*more than the cluster's "
                                           r"6 CPU"):
         check_fits(wide, nodes)
+    rrpo = _job(tmp_path, "minilm-l6", labelled, mine=None,
+                param_space={"train.lr": {"grid": [1e-3, 1e-2]}},
+                train=_train("minilm-l6", objective="rrpo",
+                             rrpo={"reward_actors": 2, "reward_actor_cpus": 1.5}))
+    assert trial_resources(rrpo)[1] == {"CPU": 4.0, "GPU": 0.0}  # 1 worker + 2 reward actors
+    assert check_fits(rrpo, nodes) == 1
     gpu = _job(tmp_path, "minilm-l6", labelled, train=_train("minilm-l6", use_gpu=True))
     with pytest.raises(ConfigError, match="1 GPU"):
         check_fits(gpu, nodes)

@@ -17,9 +17,12 @@ better than the reference at this step", and generalised advantage estimation su
 
 The objective is PPO's clipped surrogate plus a KL penalty towards the reference policy,
 ``-(1/k) Σ_t min(ρ_t Â_t, clip(ρ_t, 1±ε) Â_t) + β KL(π_θ || π_ref)``, with the KL taken exactly
-over the remaining candidates at every visited state (the distributions are small). These are
-pure functions of score tensors; the rollouts and rewards live in
-:mod:`raglign.training.losses.rrpo`.
+over the remaining candidates at every visited state (the distributions are small). The ratio
+ρ_t = π_θ(a_t | s_t) / π_old(a_t | s_t) compares the policy being updated with the one that
+sampled the episode (whose log-probabilities the rollout stores): several updates per rollout
+(PPO epochs) move ρ away from 1, and the clip then removes the gradient of every step whose
+ratio left [1 - ε, 1 + ε] in the direction its advantage favours. These are pure functions of
+score tensors; the rollouts and rewards live in :mod:`raglign.training.losses.rrpo`.
 """
 
 from __future__ import annotations
@@ -106,7 +109,10 @@ def rrpo_loss(logits: torch.Tensor, ref_logits: torch.Tensor, actions: torch.Ten
     ``logits`` (with grad) and ``ref_logits`` are ``[B, n]`` scores / temperature;
     ``old_log_probs`` ``[B, k]`` the log-probabilities of ``actions`` under the policy that
     sampled them; None when that is the policy being updated (ratio 1). Returns the loss and
-    its parts (surrogate, KL, fraction of clipped steps).
+    its parts: surrogate, KL to the reference, ``clip_fraction`` (steps whose ratio lies
+    outside [1 - ε, 1 + ε]) and ``approx_kl``, the k3 estimate of KL(π_old || π_θ) from the
+    sampled steps, E[(ρ - 1) - log ρ] (unbiased and never negative; Schulman's estimator, the
+    usual PPO early-warning of a too large update).
     """
     log_pol = step_log_policies(logits, actions, valid)
     with torch.no_grad():
@@ -121,6 +127,8 @@ def rrpo_loss(logits: torch.Tensor, ref_logits: torch.Tensor, actions: torch.Ten
     # 0 (not NaN) so that neither the value nor the gradient sees -inf - -inf.
     diff = torch.where(torch.isfinite(log_pol), log_pol - ref_log_pol, 0.0)
     kl = (log_pol.exp() * diff).sum(-1).mean()
+    log_ratio = (new_log_probs - old_log_probs).detach()
     parts = {"surrogate": surrogate.item(), "kl": kl.item(),
-             "clip_fraction": (ratio.detach() != clipped.detach()).float().mean().item()}
+             "clip_fraction": (ratio.detach() != clipped.detach()).float().mean().item(),
+             "approx_kl": (log_ratio.exp() - 1 - log_ratio).mean().item()}
     return -surrogate + kl_beta * kl, parts

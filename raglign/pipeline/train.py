@@ -6,7 +6,9 @@ driver; what every worker runs is :mod:`.train_loop`, and the Ray-free parts of 
 Flow: the driver reads and validates the training rows (errors name file, record and field
 before any worker starts): mined rows (:mod:`raglign.training.tables`) or canonical ones
 (:mod:`.lm_table`), as the objective's registry line says. It puts them once into the object
-store as an Arrow table and runs a ``TorchTrainer`` over :func:`.train_loop.train_loop_per_worker`.
+store as an Arrow table and runs a ``TorchTrainer`` over :func:`.train_loop.train_loop_per_worker`
+(``objective: rrpo`` first starts the reward actors the workers share, :mod:`.reward_actors`,
+and kills them when training ends).
 With a ``validation`` block the loop also scores held-out questions as ``raglign eval`` does
 (:mod:`.train_validation`). At the end the driver exports the last model, or the best validated
 one, or the starting model when no step beats it, and writes the metrics, a loss curve and
@@ -115,6 +117,29 @@ def _checkpoint_config(cfg: TrainConfig):
                                       checkpoint_score_order="max")
 
 
+def _check_fits(cfg: TrainConfig, resources: dict) -> None:
+    """On a fixed-size Ray (local, or a cluster without an autoscaler to grow it), the Train
+    workers and RRPO's reward actors must fit together, or Ray Train waits for them forever."""
+    import os
+
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return  # a cluster may scale up to what the job asks for
+    actors = cfg.rrpo.reward_actors if cfg.rrpo is not None else 0
+    for unit, workers, per_actor in [
+            ("CPU", cfg.num_workers * cfg.cpus_per_worker,
+             cfg.rrpo.reward_actor_cpus if actors else 0.0),
+            ("GPU", cfg.num_workers if cfg.use_gpu else 0,
+             cfg.rrpo.reward_actor_gpus if actors else 0.0)]:
+        need = workers + actors * per_actor
+        if need > resources.get(unit, 0.0) + 1e-9:
+            raise ConfigError(
+                f"the job needs {need:g} {unit}s ({cfg.num_workers} Train workers"
+                + (f" + {actors} RRPO reward actors x {per_actor:g}" if actors else "")
+                + f") but this Ray has {resources.get(unit, 0.0):g}: lower num_workers, "
+                f"cpus_per_worker / use_gpu" + (", rrpo.reward_actors or its CPUs / GPUs"
+                                                if actors else ""))
+
+
 def _best_trained(cfg: TrainConfig, result, local: bool) -> tuple[Any, dict] | None:
     """The best validated checkpoint and its metrics: Ray Train's ranking
     (``Result.get_best_checkpoint``'s, with the metrics), or the local loop's own."""
@@ -166,15 +191,23 @@ def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True,
 
     local = cfg.num_workers == 0
     # Local mode needs no Ray cluster: the loop runs here and gets the table itself.
-    with contextlib.nullcontext() if local else ray_session(cfg.ray, log_dir=out):
+    with contextlib.ExitStack() as stack:
+        if not local:
+            _check_fits(cfg, stack.enter_context(ray_session(cfg.ray, log_dir=out)))
         import ray
         import ray.train
         from ray.train.torch import TorchTrainer
 
+        reward_actors = []
+        if cfg.rrpo is not None and cfg.rrpo.reward_actors:
+            from raglign.pipeline.reward_actors import start_reward_actors, stop_reward_actors
+
+            reward_actors = start_reward_actors(cfg.rrpo)
+            stack.callback(stop_reward_actors, reward_actors)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": cfg.model_dump(mode="json"), "validation": validation,
-                               "step_bar": step_bar,
+                               "step_bar": step_bar, "reward_actors": reward_actors,
                                "table": table if local else ray.put(table)},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,

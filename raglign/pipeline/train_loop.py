@@ -4,7 +4,10 @@ Each worker builds the configured loss (:func:`raglign.training.loss.build_loss`
 reranker (:mod:`raglign.training.reranker`), wraps the reranker with ``prepare_model`` (DDP, gloo
 on CPU / NCCL on GPU), restores the latest checkpoint if the run is resumed
 (:mod:`raglign.training.checkpoint`), and walks its share of the seeded global batches
-(:mod:`raglign.training.batches`). Every logging window it reduces the loss and the loss's own
+(:mod:`raglign.training.batches`), taking the optimizer updates the loss plans for each (one,
+or RRPO's PPO epochs x mini-batches; :meth:`raglign.training.loss.Loss.update_plan`). A step is
+one global batch, so checkpoints fall between batches and a resumed run never needs a half-used
+rollout. Every logging window it reduces the loss and the loss's own
 metrics over the workers and reports them with ``ray.train.report``, with a checkpoint when one
 is due or when validation (:mod:`.train_validation`) found a new best step. This is the one
 module of training that imports Ray; the job's driver is :mod:`.train`.
@@ -101,7 +104,13 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
 
-    compute_loss = build_loss(cfg, device)  # gumbel: loads the frozen generator
+    # gumbel loads the frozen generator here; rrpo too, unless the job started reward actors.
+    services = {}
+    if loop_config.get("reward_actors"):
+        from raglign.pipeline.reward_actors import RewardPool
+
+        services["rewards"] = RewardPool(loop_config["reward_actors"])
+    compute_loss = build_loss(cfg, device, **services)
     reranker = build_reranker(cfg, device)
     # No find_unused_parameters: every trainable parameter takes part in the scores (the
     # encoder freezes BERT's pooler, which mean/CLS pooling never reads), so DDP needs no
@@ -110,7 +119,11 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     optimizer = torch.optim.AdamW(param_groups(reranker, cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = table.num_rows // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total), total)
+    # A step is one global batch; an objective may take several optimizer updates on it (RRPO's
+    # PPO epochs), and the schedule counts updates.
+    updates = total * len(compute_loss.update_plan(cfg.grad_accumulation))
+    scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * updates),
+                                                updates)
     torch.manual_seed(cfg.seed + 7919 * (rank + 1))  # per-rank dropout stream
 
     step, history = 0, []
@@ -143,20 +156,23 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         if epoch != perm_epoch:
             perm, perm_epoch = epoch_permutation(table.num_rows, cfg.seed, epoch), epoch
         model.train()
-        step_loss, step_pairs = 0.0, 0
-        for a in range(cfg.grad_accumulation):
-            batch = make_batch(table, micro_batch_rows(perm, in_epoch, cfg, rank, world, a))
-            sync = world == 1 or a == cfg.grad_accumulation - 1
-            with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
-                loss = compute_loss(model, batch)
-            (loss / cfg.grad_accumulation).backward()
-            step_loss += loss.item() / cfg.grad_accumulation
-            step_pairs += int(batch.mask.sum())
-        if cfg.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(reranker.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        batches = [make_batch(table, micro_batch_rows(perm, in_epoch, cfg, rank, world, a))
+                   for a in range(cfg.grad_accumulation)]
+        step_pairs = sum(int(b.mask.sum()) for b in batches)
+        plan = compute_loss.update_plan(len(batches))
+        step_loss = 0.0  # mean over the step's updates of each update's mean micro-batch loss
+        for update in plan:
+            for j, a in enumerate(update):
+                sync = world == 1 or j == len(update) - 1
+                with (contextlib.nullcontext() if sync else model.no_sync()), autocast:
+                    loss = compute_loss(model, batches[a])
+                (loss / len(update)).backward()
+                step_loss += loss.item() / (len(update) * len(plan))
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(reranker.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         step += 1
         window_loss, window_pairs, window_steps = window_loss + step_loss, window_pairs + step_pairs, window_steps + 1
         if bar is not None:

@@ -105,13 +105,20 @@ def _check_resumable(cfg: TuneJobConfig, path: Path) -> None:
 
 
 def trial_resources(cfg: TuneJobConfig) -> tuple[dict[str, float], dict[str, float]]:
-    """(one Train worker's resources, a whole trial's), the largest over the swept values."""
+    """(one Train worker's resources, a whole trial's), the largest over the swept values. A
+    trial's RRPO reward actors (:mod:`.reward_actors`) count in the trial's share."""
     recipes = [cfg.recipes({})[0]] + [cfg.recipes({k: v})[0] for k, s in cfg.param_space.items()
                                       for v in s.probes() if k.startswith("train.")]
     worker = {"CPU": max(float(r.cpus_per_worker) for r in recipes),
               "GPU": max(float(r.use_gpu) for r in recipes)}
     workers = max(r.num_workers for r in recipes)
-    trial = {"CPU": worker["CPU"] * workers + cfg.driver_cpus, "GPU": worker["GPU"] * workers}
+
+    def actors(unit: str) -> float:
+        return max((r.rrpo.reward_actors * getattr(r.rrpo, f"reward_actor_{unit}")
+                    for r in recipes if r.rrpo is not None), default=0.0)
+
+    trial = {"CPU": worker["CPU"] * workers + cfg.driver_cpus + actors("cpus"),
+             "GPU": worker["GPU"] * workers + actors("gpus")}
     return worker, trial
 
 
@@ -131,8 +138,8 @@ def check_fits(cfg: TuneJobConfig, nodes: list[dict[str, float]]) -> int:
     short = {k: v for k, v in trial.items() if v > total[k]}
     if short:
         raise ConfigError(f"a trial asks for {_shown(trial)} (num_workers x cpus_per_worker + "
-                          f"driver_cpus), more than the cluster's {_shown(total)}; lower "
-                          "train.num_workers or train.cpus_per_worker")
+                          f"driver_cpus + RRPO reward actors), more than the cluster's "
+                          f"{_shown(total)}; lower train.num_workers or train.cpus_per_worker")
     if cfg.max_concurrent_trials:
         return cfg.max_concurrent_trials
     return max(1, min(int(total[k] // v) for k, v in trial.items() if v))

@@ -31,13 +31,22 @@ class Loss(ABC):
     """
 
     @classmethod
-    def build(cls, cfg: TrainConfig, device) -> Loss:
-        """The loss for ``cfg``, built once per worker (it may load models)."""
-        return cls(cfg, device)
+    def build(cls, cfg: TrainConfig, device, **services) -> Loss:
+        """The loss for ``cfg``, built once per worker (it may load models). ``services`` are
+        what the job started for it outside the worker (RRPO: ``rewards``, its reward actors)."""
+        return cls(cfg, device, **services)
 
     @abstractmethod
     def __call__(self, model, batch: Batch) -> torch.Tensor:
         """The scalar loss of one micro-batch."""
+
+    def update_plan(self, micro_batches: int) -> list[list[int]]:
+        """The optimizer steps of one global batch, each the indices of this worker's
+        micro-batches whose losses it accumulates. The loop calls it at the start of every
+        global batch (and once before training, to size the schedule). By default one step over
+        all of them; RRPO takes several passes over one rollout (PPO epochs x mini-batches) and
+        forgets the previous batch's rollouts here."""
+        return [list(range(micro_batches))]
 
     def pop_metrics(self) -> dict[str, float]:
         """Peaks since the last call (maximised over workers), e.g. a cache's MiB; none by default."""
@@ -78,6 +87,6 @@ LOSSES = LossTable(OBJECTIVE_NAMES)
 SCORE_LOSSES = LossTable(SCORE_OBJECTIVES)
 
 
-def build_loss(cfg: TrainConfig, device: Any) -> Loss:
+def build_loss(cfg: TrainConfig, device: Any, **services) -> Loss:
     """``loss(model, batch) -> scalar`` for the configured objective, built once per worker."""
-    return LOSSES[cfg.objective].build(cfg, device)
+    return LOSSES[cfg.objective].build(cfg, device, **services)
