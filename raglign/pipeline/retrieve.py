@@ -36,11 +36,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
 from raglign.config import JobConfig
-from raglign.data.io import parquet_files, write_rows
+from raglign import storage
+from raglign.data.io import parquet_files, read_file, write_rows
 from raglign.data.schema import candidate, row_meta, validate_row
 from raglign.errors import ConfigError, DataError
 from raglign.models.rerankers import doc_text
@@ -118,7 +118,7 @@ def read_corpus(path: str | os.PathLike) -> Corpus:
     texts: list[str] = []
     first_seen: dict[str, str] = {}
     for f in parquet_files(path):
-        table = pq.read_table(f)
+        table = read_file(f)
         for col in ("doc_id", "text"):
             if col not in table.column_names:
                 raise DataError(str(f), None, col, f"missing column (corpus columns: doc_id, "
@@ -135,7 +135,7 @@ def read_corpus(path: str | os.PathLike) -> Corpus:
             if d in first_seen:
                 raise DataError(str(f), i, "doc_id", f"duplicate doc_id {d!r} (first in "
                                 f"{first_seen[d]})")
-            first_seen[d] = f"{f.name}, record {i}"
+            first_seen[d] = f"{storage.name(f)}, record {i}"
             doc_ids.append(d)
             titles.append(t or "")
             texts.append(x)
@@ -148,7 +148,7 @@ def read_queries(path: str | os.PathLike, limit: int | None = None) -> list[dict
     """Canonical rows, each validated (errors name file, record and field)."""
     rows: list[dict[str, Any]] = []
     for f in parquet_files(path):
-        for i, row in enumerate(pq.read_table(f).to_pylist()):
+        for i, row in enumerate(read_file(f).to_pylist()):
             validate_row(row, str(f), i)
             rows.append(row)
             if limit is not None and len(rows) >= limit:
