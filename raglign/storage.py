@@ -262,12 +262,16 @@ def download_dir(src: str | os.PathLike, local: str | os.PathLike) -> None:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RAGLIGN_CACHE", Path.home() / ".cache" / "raglign"))
+    """Where :func:`local_copy` keeps downloads: ``$RAGLIGN_STORAGE_CACHE``, else
+    ``$RAGLIGN_CACHE/storage`` (beside the converted models)."""
+    if os.environ.get("RAGLIGN_STORAGE_CACHE"):
+        return Path(os.environ["RAGLIGN_STORAGE_CACHE"])
+    return Path(os.environ.get("RAGLIGN_CACHE", Path.home() / ".cache" / "raglign")) / "storage"
 
 
 def local_copy(path: str | os.PathLike) -> str:
     """A local directory with the files of ``path``: ``path`` itself when local, else a copy
-    downloaded once into ``$RAGLIGN_CACHE/storage/<hash of the URI and its files>``.
+    downloaded once into ``cache_root()/<hash of the URI and its files>``.
 
     Why a download: Hugging Face's ``from_pretrained`` (transformers, sentence-transformers,
     tokenizers) opens local files by name and cannot read through a pyarrow filesystem. The
@@ -285,7 +289,7 @@ def local_copy(path: str | os.PathLike) -> str:
     stamp = [(relative(f, s), i.size, i.mtime_ns) for f, i in
              zip(files, fs.get_file_info([resolve(f)[1] for f in files]))]
     key = hashlib.sha256(json.dumps([s, stamp]).encode()).hexdigest()[:20]
-    target = cache_root() / "storage" / key
+    target = cache_root() / key
     if target.is_dir():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)

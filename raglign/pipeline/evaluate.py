@@ -18,13 +18,14 @@ per-category breakdown) to JSON, and a Markdown summary beside it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from raglign.config import JobConfig
 from raglign import storage
+from raglign.config import JobConfig
 from raglign.data.io import read_rows
 from raglign.data.schema import row_meta
 from raglign.errors import ConfigError, DataError
@@ -311,7 +312,7 @@ def _write(report: dict, rows: list[dict], per_row: list[dict], cfg: EvalConfig)
     from raglign.evaluate.report import markdown_table
 
     out = cfg.output  # a path or storage URI; the two side files sit beside it
-    stem = out.removesuffix(".json")
+    stem = os.path.splitext(out)[0]
     storage.write_text(out, json.dumps(report, indent=2, default=float))
     detail = []
     for r, m in zip(rows, per_row):

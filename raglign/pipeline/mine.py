@@ -33,8 +33,8 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, PositiveInt, model_validator
 
-from raglign.config import JobConfig
 from raglign import storage
+from raglign.config import JobConfig
 from raglign.data.io import SUMMARY, claim_output, read_rows, write_table_atomic
 from raglign.errors import ConfigError
 from raglign.mining import (

@@ -142,8 +142,11 @@ class ShardStore:
         """Write the manifest, or check that the existing one describes the same job."""
         claim_output(self.root, self.job, fingerprint)
 
-    def done(self, shard: Shard) -> bool:
-        return storage.is_file(self.record_path(shard))
+    def finished(self) -> set[str]:
+        """Names of the committed shards: one listing of the records (not a request per
+        shard, which on an object store is a round trip each)."""
+        return {storage.name(p).removesuffix(".json")
+                for p in storage.list_files(self.records_dir, (".json",))}
 
     def commit(self, shard: Shard, table: pa.Table, rejects: list[dict], counts: Mapping[str, int],
                seconds: float) -> dict:

@@ -33,7 +33,8 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
     shards = plan_shards(cfg.input, shard_rows, cfg.limit)
     store.open({**cfg.fingerprint(), "shard_rows": shard_rows,
                 "inputs": [[storage.name(s.path), s.start, s.stop] for s in shards]})
-    todo = [s for s in shards if not store.done(s)]
+    finished = store.finished()
+    todo = [s for s in shards if s.name not in finished]
     total = sum(s.rows for s in shards)
     progress(f"[label] {len(shards)} shards of up to {shard_rows} rows, {total} rows; "
              f"{len(shards) - len(todo)} shards already finished; signals: "
