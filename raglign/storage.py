@@ -253,12 +253,17 @@ def upload_dir(local: str | os.PathLike, dst: str | os.PathLike) -> None:
 
 
 def download_dir(src: str | os.PathLike, local: str | os.PathLike) -> None:
-    fs, s = resolve(src)
-    try:
-        pafs.copy_files(s, str(local), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
-    except OSError as e:
-        raise _error(str(src), f"download it to {local}", e) from None
+    """Copy the files under ``src`` into the local directory ``local`` (created, with its
+    sub-directories: ``copy_files`` does not create local parents)."""
+    fs, _ = resolve(src)
+    for f in list_files(src, hidden=True):
+        target = Path(local, relative(f, str(src)))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            pafs.copy_files(resolve(f)[1], str(target), source_filesystem=fs,
+                            destination_filesystem=pafs.LocalFileSystem())
+        except OSError as e:
+            raise _error(f, f"download it to {target}", e) from None
 
 
 def cache_root() -> Path:
