@@ -110,7 +110,7 @@ def exists(path: str | os.PathLike) -> bool:
     if i.type == pafs.FileType.File:
         return True
     if i.type == pafs.FileType.Directory:
-        return not is_remote(path) or bool(list_files(path))
+        return not is_remote(path) or bool(list_files(path, hidden=True))
     return False
 
 
@@ -307,14 +307,6 @@ def local_copy(path: str | os.PathLike) -> str:
     return str(target)
 
 
-def check_input(path: str | os.PathLike) -> None:
-    """Fail now, naming ``path``, when it cannot be read: an unreachable endpoint, a missing or
-    forbidden bucket, or nothing there."""
-    if not exists(path):
-        raise MissingInputError(str(path), None, None, "no such file or directory"
-                                if not is_remote(path) else "no objects under this URI")
-
-
 def check_output(path: str | os.PathLike) -> None:
     """Fail now, naming ``path``, when a job could not write there: a local path that is a
     file, or a bucket that is missing, forbidden or unreachable (checked with one request on
@@ -329,7 +321,7 @@ def check_output(path: str | os.PathLike) -> None:
     try:
         kind = fs.get_file_info(bucket).type
     except OSError as e:
-        raise _error(s, "reach its bucket", e) from None
+        raise _error(s, "access its bucket", e) from None
     if kind == pafs.FileType.NotFound:
         raise StorageError(s, None, None, f"bucket {bucket!r} does not exist (or this "
                            "process's credentials cannot see it)")

@@ -12,8 +12,10 @@ those variables would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,30 +42,25 @@ os.environ.update({"AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "testing",
                    "RAGLIGN_STORAGE_CACHE": tempfile.mkdtemp(prefix="rg-s3cache-")})
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """moto's S3 server on loopback with one empty bucket; yields ``s3://BUCKET``; stopped by
-    its pid."""
-    import pyarrow.fs as pafs
-
-    log = tmp_path_factory.mktemp("moto") / "log"
+@contextlib.contextmanager
+def moto_server(port: int, log, **env: str):
+    """moto's S3 server on 127.0.0.1:``port`` (``env`` added to its environment) until the
+    block ends; stopped by its pid."""
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(PORT)], stdout=out, stderr=subprocess.STDOUT)
+                                 str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, **env))
     try:
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, log.read_text()[-2000:]
             try:
-                with urllib.request.urlopen(ENDPOINT + "/moto-api/", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2):
                     break
             except OSError:
                 assert time.monotonic() < deadline, "moto did not start:\n" + log.read_text()
                 time.sleep(0.3)
-        pafs.S3FileSystem(endpoint_override=ENDPOINT, access_key="testing",
-                          secret_key="testing", region="us-east-1",
-                          allow_bucket_creation=True).create_dir(BUCKET)
-        yield f"s3://{BUCKET}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
         try:
@@ -71,9 +68,20 @@ def s3(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        import shutil
 
-        shutil.rmtree(os.environ["RAGLIGN_STORAGE_CACHE"], ignore_errors=True)
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """moto's S3 server at ``$AWS_ENDPOINT_URL`` with one empty bucket; yields
+    ``s3://BUCKET``."""
+    import pyarrow.fs as pafs
+
+    with moto_server(PORT, tmp_path_factory.mktemp("moto") / "log"):
+        pafs.S3FileSystem(endpoint_override=ENDPOINT, access_key="testing",
+                          secret_key="testing", region="us-east-1",
+                          allow_bucket_creation=True).create_dir(BUCKET)
+        yield f"s3://{BUCKET}"
+    shutil.rmtree(os.environ["RAGLIGN_STORAGE_CACHE"], ignore_errors=True)
 
 
 def _dpr_jsonl(n: int = 8) -> bytes:
@@ -215,6 +223,12 @@ def test_bad_storage_input_fails_before_any_work_naming_the_uri(s3, tmp_path, ti
     dead = f"endpoint_override=http://127.0.0.1:{_free_port()}"
     with pytest.raises(StorageError, match=f"s3://{BUCKET}/x\\?{dead}: cannot"):
         run_label(_label_cfg(f"s3://{BUCKET}/x?{dead}", str(tmp_path / "o2"), tiny_dir))
+    # A server that denies this process's credentials (moto with authentication on: the
+    # "testing" key is unknown to it).
+    with moto_server(_free_port(), tmp_path / "auth.log", INITIAL_NO_AUTH_ACTION_COUNT="0") as url:
+        denied = f"s3://{BUCKET}/out?endpoint_override={url}"
+        with pytest.raises(StorageError, match=f"s3://{BUCKET}/out.*ACCESS_DENIED"):
+            run_label(_label_cfg(good, denied, tiny_dir))
     # An output prefix holding a different job's rows: the converted rows, then a label output.
     with pytest.raises(ConfigError, match=f"{good} holds the output of a different data "
                                           "convert job"):
@@ -224,5 +238,6 @@ def test_bad_storage_input_fails_before_any_work_naming_the_uri(s3, tmp_path, ti
                             storage.read_bytes(storage.list_files(good, (".parquet",))[0]))
         run_mine(MineConfig(input=good, output=f"{s3}/bad/foreign", signal="answer_logprob",
                             n=1, m=1))
-    assert not storage.list_files(tmp_path, hidden=True), "a refused job wrote output"
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists(), \
+        "a refused job wrote output"
     assert not storage.list_files(f"{good}/_shards", hidden=True), "a refused job wrote output"
