@@ -5,8 +5,8 @@ is moved into place only when the whole input has been read, so a conversion tha
 bad record leaves a previous conversion in ``output_dir`` intact, and a finished one never mixes
 its part files with an older one's (those are removed, and the summary says how many).
 
-The swap is: ``_manifest.json`` (this conversion), old ``_summary.json`` and parts removed,
-staged files moved in, ``_summary.json`` written last. A move is a rename locally but a copy
+The swap is: the old ``_summary.json`` removed, ``_manifest.json`` (this conversion) written,
+the old parts removed, the staged files moved in, ``_summary.json`` written last. A move is a rename locally but a copy
 and a delete on an object store, so the swap is not atomic there; a conversion killed during
 it leaves a manifest without a summary, which readers refuse as unfinished
 (:func:`raglign.data.io.parquet_files`) until a re-run completes it. An output holding another

@@ -76,8 +76,9 @@ def export_model(cfg: TrainConfig, checkpoint: Any, dst: str, card: str) -> None
     name and cannot write through a pyarrow filesystem, so the model is saved into a local
     temporary directory first. Locally that directory is then renamed over ``dst`` (atomic);
     for a URI its files are uploaded with ``pyarrow.fs.copy_files`` after the old ones are
-    removed. That upload is not atomic, but nothing reads ``dst`` as finished before the run's
-    ``train_result.json``, which the job writes after it.
+    removed. That upload is not atomic: a run killed during it leaves a partial model under
+    ``dst`` and no new ``train_result.json`` (written after the export); re-running the job
+    exports again from its checkpoint.
     """
     import torch
 
