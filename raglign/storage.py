@@ -74,7 +74,7 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     """``base/part/...`` for a path or a URI (a URI's ``?options`` stay at the end)."""
     s = str(base)
     if not is_remote(s):
-        return str(Path(s, *parts))
+        return str(Path(local_path(s), *parts))
     path, query = _split(s)
     return "/".join([path.rstrip("/"), *(p.strip("/") for p in parts)]) + query
 
@@ -87,7 +87,7 @@ def name(path: str | os.PathLike) -> str:
 def parent(path: str | os.PathLike) -> str:
     s = str(path)
     if not is_remote(s):
-        return str(Path(s).parent)
+        return str(Path(local_path(s)).parent)
     base, query = _split(s)
     return base.rstrip("/").rsplit("/", 1)[0] + query
 
