@@ -40,6 +40,11 @@ class MissingInputError(DataError):
     earlier step that has not run, so the CLI adds which command makes it."""
 
 
+class StorageError(DataError):
+    """A path or storage URI that cannot be reached, listed, read or written (an unreachable
+    endpoint, a missing or forbidden bucket): the message names the URI and the cause."""
+
+
 class ConfigError(RaglignError):
     """An invalid job configuration; the message lists each bad field's path and the reason."""
 

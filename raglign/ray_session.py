@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from raglign import console
+from raglign import console, storage
 from raglign.config import RayConfig
 
 LOG_NAME = "ray.log"
@@ -55,7 +55,7 @@ def ray_session(config: RayConfig | None = None, *, address: str | None = None,
     otherwise a local Ray is started with its own temp dir under the system temp directory.
     If Ray is already initialised in this process (a test fixture, a notebook, an outer stage
     of the demo), it is reused as it is. Ray's output goes to ``log_dir/ray.log`` (default: a
-    temp dir) unless :func:`raglign.console.is_verbose`.
+    temp dir, also when ``log_dir`` is a storage URI) unless :func:`raglign.console.is_verbose`.
     """
     _quiet_env()
     import ray
@@ -66,6 +66,8 @@ def ray_session(config: RayConfig | None = None, *, address: str | None = None,
         yield ray.cluster_resources()
         return
     tmp = None if address else tempfile.mkdtemp(prefix="raglign-ray-")
+    if log_dir is not None and storage.is_remote(log_dir):
+        log_dir = None  # Ray's log is a local file; a job writing to s3:// keeps it in tmp
     log_path = Path(log_dir or tmp or tempfile.mkdtemp(prefix="raglign-")) / LOG_NAME
     with contextlib.ExitStack() as stack:
         quiet = not console.is_verbose()

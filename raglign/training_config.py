@@ -40,6 +40,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
+from raglign import storage
 from raglign.config import JobConfig, StrictModel
 from raglign.gumbel.options import GumbelMaskOptions
 from raglign.models.generator_spec import GeneratorSpec, moved_keys
@@ -367,4 +368,9 @@ class TrainConfig(JobConfig):
 
     @property
     def storage(self) -> str:
-        return self.storage_path or str(Path(self.output).resolve() / "ray")
+        """Ray Train's ``storage_path``: the one given, else ``OUTPUT/ray`` (a storage URI
+        stays a URI: Ray Train writes checkpoints through pyarrow.fs too)."""
+        if self.storage_path:
+            return self.storage_path
+        return storage.join(self.output, "ray") if storage.is_remote(self.output) \
+            else str(Path(self.output).resolve() / "ray")

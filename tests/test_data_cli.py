@@ -41,7 +41,8 @@ def test_convert_limit_and_overwrite_removes_old_parts(tmp_path, capsys):
     assert "replaced 3 part file(s)" in capsys.readouterr().out
     rows = read_rows(out)
     assert [r["id"] for r in rows] == ["2hop__153573_109006"]
-    assert sorted(p.name for p in out.iterdir()) == ["_summary.json", "part-00000.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["_manifest.json", "_summary.json",
+                                                     "part-00000.parquet"]
 
 
 def test_cli_data_error_exits_2_with_message(tmp_path, capsys):

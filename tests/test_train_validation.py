@@ -140,7 +140,7 @@ def test_bad_validation_data_names_the_field_before_training(tmp_path, data, tin
     no_gold = [dict(r, candidates=[dict(c, is_gold=None) for c in r["candidates"]])
                for r in _canonical("v", 4, 0)]
     fails("validation.data: none of the 4 validation rows .* has gold documents",
-          validation={"data": str(write_rows(no_gold, tmp_path / "no_gold")[0].parent)})
+          validation={"data": str(Path(write_rows(no_gold, tmp_path / "no_gold")[0]).parent)})
     fails("validation.fraction: no validation rows: no question of .* falls in the held-out",
           validation={"fraction": 1e-9})
     bare = tmp_path / "bare"  # mined rows without the _summary.json naming their source

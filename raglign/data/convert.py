@@ -1,16 +1,23 @@
 """``convert``: any supported input format → a canonical Parquet dataset plus its summary.
 
-Output goes to a hidden staging directory inside ``output_dir`` and is moved into place only
-when the whole input has been read, so a conversion that fails on a bad record leaves a previous
-conversion in ``output_dir`` intact, and a finished one never mixes its part files with an older
-one's (those are removed, and the summary says how many). ``_summary.json`` is written last.
+Output (a directory or storage prefix) goes to a hidden staging area inside ``output_dir`` and
+is moved into place only when the whole input has been read, so a conversion that fails on a
+bad record leaves a previous conversion in ``output_dir`` intact, and a finished one never mixes
+its part files with an older one's (those are removed, and the summary says how many).
+
+The swap is: the old ``_summary.json`` removed, ``_manifest.json`` (this conversion) written,
+the old parts removed, the staged files moved in, ``_summary.json`` written last. A move is a rename locally but a copy
+and a delete on an object store, so the swap is not atomic there; a conversion killed during
+it leaves a manifest without a summary, which readers refuse as unfinished
+(:func:`raglign.data.io.parquet_files`) until a re-run completes it. An output holding another
+job's rows is refused before anything is read (:func:`raglign.data.io.claim_output`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,7 +25,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from raglign.data.io import write_table_atomic
+from raglign import storage
+from raglign.data.io import SUMMARY, claim_output, write_table_atomic
 from raglign.data.loaders import Result, get_format, iter_results
 from raglign.data.schema import to_table
 from raglign.data.summary import CorpusSummary, Summary
@@ -28,7 +36,6 @@ REJECTS = "_rejects.jsonl"
 # The next step for a rejected record: most datasets have a few bad records a user can drop.
 SKIP_HINT = (f"pass --skip-invalid (skip_invalid=True) to write bad records to {REJECTS} with "
              "their reasons and convert the rest")
-SUMMARY = "_summary.json"
 
 
 class StagedOutput:
@@ -40,13 +47,14 @@ class StagedOutput:
     """
 
     def __init__(self, output_dir: str | os.PathLike, make_table: Callable[[list[dict]], pa.Table],
-                 rows_per_file: int = 50_000):
-        self.out = Path(output_dir)
-        if self.out.exists() and not self.out.is_dir():
-            raise DataError(str(self.out), None, None, "output path exists and is not a directory")
-        self.created = not self.out.exists()
-        self.stage = self.out / f".staging-{uuid.uuid4().hex}"
-        self.stage.mkdir(parents=True)
+                 rows_per_file: int = 50_000, job: str = "data convert",
+                 fingerprint: dict[str, Any] | None = None):
+        self.out = str(output_dir)
+        self.job, self.fingerprint = job, fingerprint or {}
+        claim_output(self.out, job, self.fingerprint, replaceable=True, write=False)
+        self.created = not storage.is_remote(self.out) and not Path(self.out).exists()
+        self.stage = storage.join(self.out, f".staging-{uuid.uuid4().hex}")
+        storage.makedirs(self.stage)
         self.make_table, self.rows_per_file = make_table, rows_per_file
         self.buffer: list[dict] = []
         self.parts: list[str] = []
@@ -59,7 +67,8 @@ class StagedOutput:
 
     def reject(self, source: str, record: int, error: DataError, raw: Any) -> None:
         if self.rejects is None:
-            self.rejects = open(self.stage / REJECTS, "w", encoding="utf-8")
+            fs, path = storage.resolve(storage.join(self.stage, REJECTS))
+            self.rejects = io.TextIOWrapper(fs.open_output_stream(path), encoding="utf-8")
         entry = {"source": source, "record": record, "field": error.field, "reason": error.reason,
                  "raw": raw}
         self.rejects.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
@@ -67,7 +76,7 @@ class StagedOutput:
     def _flush(self) -> None:
         if self.buffer or not self.parts:  # an empty input still gets one (empty) part file
             name = f"part-{len(self.parts):05d}.parquet"
-            write_table_atomic(self.make_table(self.buffer), self.stage / name)
+            write_table_atomic(self.make_table(self.buffer), storage.join(self.stage, name))
             self.parts.append(name)
         self.buffer = []
 
@@ -75,12 +84,15 @@ class StagedOutput:
         """Move the staged files into ``output_dir``; returns how many old part files it removed."""
         self._flush()
         self.close()
-        old = sorted(self.out.glob("part-*.parquet"))
-        for f in old + [self.out / REJECTS, self.out / SUMMARY]:
-            f.unlink(missing_ok=True)
-        for f in self.stage.iterdir():
-            os.replace(f, self.out / f.name)
-        self.stage.rmdir()
+        storage.delete(storage.join(self.out, SUMMARY))  # from here the output is unfinished
+        claim_output(self.out, self.job, self.fingerprint, replaceable=True)
+        old = [f for f in storage.list_files(self.out, (".parquet",))
+               if storage.name(f).startswith("part-")]
+        for f in [*old, storage.join(self.out, REJECTS)]:
+            storage.delete(f)
+        for f in storage.list_files(self.stage, hidden=True):
+            storage.move(f, storage.join(self.out, storage.name(f)))
+        storage.delete_dir(self.stage)
         return len(old)
 
     def close(self) -> None:
@@ -91,9 +103,9 @@ class StagedOutput:
     def abort(self) -> None:
         """Drop the staged files (and ``output_dir`` itself if this run created it)."""
         self.close()
-        shutil.rmtree(self.stage, ignore_errors=True)
-        if self.created and not any(self.out.iterdir()):
-            self.out.rmdir()
+        storage.delete_dir(self.stage)
+        if self.created and Path(self.out).is_dir() and not any(Path(self.out).iterdir()):
+            Path(self.out).rmdir()
 
 
 def run_staged(results: Iterable[Result], output: StagedOutput, summary: Summary | CorpusSummary,
@@ -115,8 +127,8 @@ def run_staged(results: Iterable[Result], output: StagedOutput, summary: Summary
     except BaseException:
         output.abort()
         raise
-    summary.files = [str(output.out / p) for p in output.parts]
-    summary.write(output.out / SUMMARY)
+    summary.files = [storage.join(output.out, p) for p in output.parts]
+    summary.write(storage.join(output.out, SUMMARY))
     return summary
 
 
@@ -133,6 +145,7 @@ def convert(format: str, input: str | os.PathLike, output_dir: str | os.PathLike
     get_format(format)  # fail on an unknown format before touching output_dir
     results = iter_results(format, input, **opts)
     summary = Summary(format=format, input=str(input), output_dir=str(output_dir))
-    return run_staged(results, StagedOutput(output_dir, to_table, rows_per_file), summary,
-                      skip_invalid, limit)
+    output = StagedOutput(output_dir, to_table, rows_per_file, "data convert",
+                          {"format": format, "input": str(input)})
+    return run_staged(results, output, summary, skip_invalid, limit)
 

@@ -145,5 +145,5 @@ def convert_corpus(format: str, input: str | os.PathLike, output_dir: str | os.P
     check_corpus_format(format)
     summary = CorpusSummary(format=format, input=str(input), output_dir=str(output_dir))
     output = StagedOutput(output_dir, lambda docs: pa.Table.from_pylist(docs, schema=CORPUS_SCHEMA),
-                          rows_per_file)
+                          rows_per_file, "data corpus", {"format": format, "input": str(input)})
     return run_staged(iter_documents(format, input), output, summary, skip_invalid, limit)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raglign import storage
+
 
 @dataclass
 class Summary:
@@ -124,4 +126,4 @@ def _public_dict(summary: Summary | CorpusSummary) -> dict[str, Any]:
 
 
 def _write_json(summary: Summary | CorpusSummary, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    storage.write_text(path, json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n")

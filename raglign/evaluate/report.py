@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from raglign.errors import DataError, MissingInputError
+from raglign import storage
+from raglign.data.io import read_file
+from raglign.errors import DataError
 
 COLUMNS = ["recall@1", "recall@5", "ndcg@5", "mrr", "indirect_recall@5", "em", "subem", "f1",
            "accuracy"]
@@ -40,16 +43,13 @@ def load_runs(paths: list[str | Path]) -> list[dict[str, Any]]:
     """The JSON reports of ``raglign eval``, each with its ``name`` (file stem if unnamed)."""
     runs = []
     for p in paths:
-        p = Path(p)
-        try:
-            run = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise MissingInputError(str(p), None, None, "no such file") from None
+        try:  # a path or a storage URI (a report `raglign eval` wrote to s3://)
+            run = json.loads(storage.read_text(p))
         except json.JSONDecodeError as e:
             raise DataError(str(p), None, None, f"not valid JSON: {e}") from None
         if not isinstance(run, dict) or "n" not in run:
             raise DataError(str(p), None, "n", "not a raglign eval report")
-        run.setdefault("name", p.stem)
+        run.setdefault("name", os.path.splitext(storage.name(p))[0])
         runs.append(run)
     return runs
 
@@ -84,13 +84,11 @@ def markdown_table(runs: list[dict]) -> str:
 def per_row_metrics(report_path: str | Path) -> list[dict[str, Any]]:
     """The per-row metrics of one ``raglign eval`` run (the ``.rows.parquet`` beside its JSON),
     sorted by row id so that two runs over the same questions pair up row by row."""
-    import pyarrow.parquet as pq
-
-    path = Path(report_path).with_suffix(".rows.parquet")
-    if not path.exists():
-        raise DataError(str(path), None, None, "no such file; raglign eval writes the per-row "
+    path = os.path.splitext(str(report_path))[0] + ".rows.parquet"
+    if not storage.is_file(path):
+        raise DataError(path, None, None, "no such file; raglign eval writes the per-row "
                         "metrics beside its report and paired differences need them")
-    rows = pq.read_table(path).to_pylist()
+    rows = read_file(path).to_pylist()
     return sorted(({k: v for k, v in r.items() if k not in DETAIL_COLUMNS} for r in rows),
                   key=lambda r: r["id"])
 

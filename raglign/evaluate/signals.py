@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from raglign import storage
 from raglign.data.io import read_rows
 from raglign.evaluate.aggregate import aggregate, compare
 from raglign.metrics import ranking_metrics
@@ -115,10 +115,7 @@ def write_signal_eval(out_dir: str | os.PathLike, signals: Sequence[str] | None 
         present = {k for r in rows for c in r.get("candidates") or [] for k in c}
         signals = [s for s in SIGNALS if s in present]
     result = signal_eval(rows, list(signals), ks)
-    root = Path(out_dir)
     for name, text in (("_signal_eval.json", json.dumps(result, indent=2) + "\n"),
                        ("_signal_eval.md", to_markdown(result))):
-        tmp = root / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, root / name)
+        storage.write_text(storage.join(out_dir, name), text)
     return result

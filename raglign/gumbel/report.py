@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from raglign import storage
 from raglign.data.io import read_rows
 from raglign.evaluate.aggregate import aggregate, compare
 from raglign.evaluate.signals import RETRIEVAL, ranked_doc_ids
@@ -95,7 +95,7 @@ def write_mining_report(labelled_dir: str | os.PathLike, signals: Sequence[str] 
                         ks: Sequence[int] = (2, 5)) -> dict[str, Any]:
     """Read a labelled directory, write ``_grerank_mining.{json,md}`` into it, return the report."""
     report = mining_report(read_rows(labelled_dir), signals, ks)
-    root = Path(labelled_dir)
-    (root / "_grerank_mining.json").write_text(json.dumps(report, indent=2) + "\n")
-    (root / "_grerank_mining.md").write_text(to_markdown(report))
+    storage.write_text(storage.join(labelled_dir, "_grerank_mining.json"),
+                       json.dumps(report, indent=2) + "\n")
+    storage.write_text(storage.join(labelled_dir, "_grerank_mining.md"), to_markdown(report))
     return report

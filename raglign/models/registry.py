@@ -26,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from raglign import storage
 from raglign.errors import RaglignError
 
 
@@ -89,8 +90,12 @@ PACKAGED = {
 
 
 def resolve_model(name: str | os.PathLike) -> str:
-    """A loadable local directory for ``name`` (converting GGUF once), or ``name`` as a hub id."""
+    """A loadable local directory for ``name`` (converting GGUF once; a storage URI such as an
+    exported model on ``s3://`` downloaded once, :func:`raglign.storage.local_copy`), or
+    ``name`` as a hub id."""
     name = str(name)
+    if storage.is_remote(name):
+        return storage.local_copy(name)
     if name in PACKAGED:
         entry = PACKAGED[name]
         try:

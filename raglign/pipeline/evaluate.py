@@ -21,12 +21,13 @@ JSON, and a Markdown summary beside it.
 from __future__ import annotations
 
 import json
+import os
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from raglign import storage
 from raglign.config import JobConfig
 from raglign.data.io import read_rows
 from raglign.data.schema import row_meta
@@ -83,7 +84,7 @@ class EvalConfig(JobConfig):
     def run_name(self) -> str:
         if self.name or self.rank_by:
             return self.name or self.rank_by
-        return "retrieval" if self.reranker == BASE_RERANKER else Path(self.reranker).name
+        return "retrieval" if self.reranker == BASE_RERANKER else storage.name(self.reranker)
 
     @property
     def reranker_model(self) -> bool:
@@ -224,6 +225,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     from raglign.ray_session import ray_session
 
     t0 = time.time()
+    storage.check_output(storage.parent(cfg.output))
     rows = read_rows(cfg.data)
     if cfg.split:
         rows = [r for r in rows if row_meta(r).get("split") == cfg.split]
@@ -235,7 +237,7 @@ def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     print(f"eval {cfg.run_name}: {len(usable)} rows ({rejected} without candidates skipped)",
           flush=True)
     if cfg.reranker_model or cfg.generator:
-        with ray_session(cfg.ray, log_dir=Path(cfg.output).parent):
+        with ray_session(cfg.ray, log_dir=storage.parent(cfg.output)):
             if cfg.reranker_model:
                 _attach(usable, _map(usable, _RerankActor, cfg, "rerank",
                                      dict(reranker=cfg.reranker, kind=cfg.reranker_kind, k1=cfg.k1)))
@@ -325,9 +327,9 @@ def _write(report: dict, rows: list[dict], per_row: list[dict], cfg: EvalConfig)
     prediction) and ``OUTPUT.md`` (a readable summary)."""
     from raglign.evaluate.report import markdown_table
 
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=float))
+    out = cfg.output  # a path or storage URI; the two side files sit beside it
+    stem = os.path.splitext(out)[0]
+    storage.write_text(out, json.dumps(report, indent=2, default=float))
     detail = []
     for r, m in zip(rows, per_row):
         d = dict(m)
@@ -339,8 +341,8 @@ def _write(report: dict, rows: list[dict], per_row: list[dict], cfg: EvalConfig)
 
     from raglign.data.io import write_table_atomic
 
-    write_table_atomic(pa.Table.from_pylist(detail), out.with_suffix(".rows.parquet"))
-    out.with_suffix(".md").write_text(markdown_table([report]) + "\n")
+    write_table_atomic(pa.Table.from_pylist(detail), stem + ".rows.parquet")
+    storage.write_text(stem + ".md", markdown_table([report]) + "\n")
     print(f"eval {cfg.run_name}: " + ", ".join(
         f"{k}={report[k]:.3f}" for k in ("recall@5", "ndcg@5", "mrr", "em", "f1", "accuracy")
         if isinstance(report.get(k), float)) + f" -> {out}", flush=True)

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from raglign.data.io import parquet_files
+from raglign.data.io import parquet_files, read_file
 from raglign.data.schema import validate_row
 from raglign.errors import DataError
 
@@ -40,7 +39,7 @@ def load_lm_table(path: str, options: Any, objective: str, limit: int | None = N
                                                   "choices", "answer", "answers")}
     for f in parquet_files(path):
         src = str(f)
-        for i, row in enumerate(pq.read_table(f).to_pylist()):
+        for i, row in enumerate(read_file(f).to_pylist()):
             rec = row.get("id") or i
             validate_row(row, src, rec)
             if exclude is not None and exclude(str(row["id"])):

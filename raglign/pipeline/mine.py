@@ -18,22 +18,24 @@ Groups rank each signal in the direction it declares (:mod:`raglign.signals.rank
 definition ``raglign eval --rank-by`` and ``raglign signals-eval`` use too): ``loo_logprob``
 lowest first, since a document whose removal lowers the answer's likelihood most is the most
 useful; ``descending`` in a job YAML overrides it. Mining is light arithmetic, so it runs in this
-process; the input is read once. Output: ``part-00000.parquet`` (atomic), ``_rejects.jsonl``
-(rows too short for a group, with the reason) and ``_summary.json``.
+process; the input is read once. Output (a directory or storage prefix): ``_manifest.json``
+first, before any work (:func:`raglign.data.io.claim_output`: an output holding another job's
+rows, or this job's with another configuration, is refused), then ``part-00000.parquet``
+(atomic), ``_rejects.jsonl`` (rows too short for a group, with the reason) and
+``_summary.json`` last, which marks the output finished.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field, PositiveInt, model_validator
 
+from raglign import storage
 from raglign.config import JobConfig
-from raglign.data.io import read_rows, write_table_atomic
+from raglign.data.io import SUMMARY, claim_output, read_rows, write_table_atomic
 from raglign.errors import ConfigError
 from raglign.mining import (
     LM_LOGPROB_FIELD,
@@ -87,6 +89,7 @@ class MineConfig(JobConfig):
 def run_mine(cfg: MineConfig, progress=print) -> dict:
     """Write groups or soft targets for ``cfg.input`` into ``cfg.output``; returns the summary."""
     rows = read_rows(cfg.input, limit=cfg.limit)
+    claim_output(cfg.output, "mine", cfg.model_dump(mode="json", exclude={"ray", "output"}))
     source = str(cfg.input)
     if cfg.signal:
         groups, rejects = mine_groups(rows, cfg.signal, n=cfg.n, m=cfg.m, seed=cfg.seed,
@@ -102,25 +105,20 @@ def run_mine(cfg: MineConfig, progress=print) -> dict:
     else:
         records, rejects = mine_lm_logprobs(rows, k=cfg.k, source=source)
         kind = f"lm_logprob rows (from {LM_LOGPROB_FIELD})"
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = cfg.output
     if not records:
         raise ConfigError(f"no {kind} could be mined from {cfg.input}: all {len(rows)} rows were "
                           f"rejected (first reason: {rejects[0]['reason'] if rejects else '-'})")
-    write_table_atomic(pa.Table.from_pylist(records), out / "part-00000.parquet")
-    _write_text(out / "_rejects.jsonl", "".join(json.dumps(r) + "\n" for r in rejects))
+    write_table_atomic(pa.Table.from_pylist(records), storage.join(out, "part-00000.parquet"))
+    storage.write_text(storage.join(out, "_rejects.jsonl"),
+                       "".join(json.dumps(r) + "\n" for r in rejects))
     summary = {"job": "mine",
                "kind": "groups" if cfg.signal else "targets" if cfg.targets else "lm_logprobs",
                "signal": cfg.signal, "targets": cfg.targets, "rows_in": len(rows),
                "records": len(records), "rows_rejected": len(rejects),
                "config": cfg.model_dump(mode="json", exclude={"ray"})}
-    _write_text(out / "_summary.json", json.dumps(summary, indent=2) + "\n")
+    storage.write_text(storage.join(out, SUMMARY), json.dumps(summary, indent=2) + "\n")
     progress(f"[mine] {len(records)} {kind} from {len(rows)} rows, {len(rejects)} rejected "
              f"-> {out}")
     return summary
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -36,11 +36,11 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from raglign import storage
 from raglign.config import JobConfig
-from raglign.data.io import parquet_files, write_rows
+from raglign.data.io import claim_output, parquet_files, read_file, write_rows
 from raglign.data.schema import candidate, row_meta, validate_row
 from raglign.errors import ConfigError, DataError
 from raglign.models.rerankers import doc_text
@@ -118,7 +118,7 @@ def read_corpus(path: str | os.PathLike) -> Corpus:
     texts: list[str] = []
     first_seen: dict[str, str] = {}
     for f in parquet_files(path):
-        table = pq.read_table(f)
+        table = read_file(f)
         for col in ("doc_id", "text"):
             if col not in table.column_names:
                 raise DataError(str(f), None, col, f"missing column (corpus columns: doc_id, "
@@ -135,7 +135,7 @@ def read_corpus(path: str | os.PathLike) -> Corpus:
             if d in first_seen:
                 raise DataError(str(f), i, "doc_id", f"duplicate doc_id {d!r} (first in "
                                 f"{first_seen[d]})")
-            first_seen[d] = f"{f.name}, record {i}"
+            first_seen[d] = f"{storage.name(f)}, record {i}"
             doc_ids.append(d)
             titles.append(t or "")
             texts.append(x)
@@ -148,7 +148,7 @@ def read_queries(path: str | os.PathLike, limit: int | None = None) -> list[dict
     """Canonical rows, each validated (errors name file, record and field)."""
     rows: list[dict[str, Any]] = []
     for f in parquet_files(path):
-        for i, row in enumerate(pq.read_table(f).to_pylist()):
+        for i, row in enumerate(read_file(f).to_pylist()):
             validate_row(row, str(f), i)
             rows.append(row)
             if limit is not None and len(rows) >= limit:
@@ -297,11 +297,10 @@ def _cache_key(texts: list[str], cfg: RetrieveConfig, model_fp: str) -> str:
     return h.hexdigest()[:20]
 
 
-def _save_npy(arr: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.npy")
-    np.save(tmp, arr)
-    os.replace(tmp, path)
+def _save_npy(arr: np.ndarray, path: str) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, arr)
+    storage.write_bytes(path, buffer.getvalue())
 
 
 @dataclass
@@ -325,10 +324,11 @@ def cached_embeddings(parts: Mapping[str, list[str]], cfg: RetrieveConfig,
     todo = []
     for what, texts in parts.items():
         key = _cache_key(texts, cfg, model_fp)
-        path = Path(cfg.output) / CACHE_DIR / f"{what}-{key}.npy"
-        emb = np.load(path) if path.exists() else None
+        path = storage.join(cfg.output, CACHE_DIR, f"{what}-{key}.npy")
+        emb = np.load(io.BytesIO(storage.read_bytes(path))) if storage.is_file(path) else None
         if emb is not None and emb.shape[0] == len(texts):
-            print(f"  {what}: {len(texts)} embeddings from cache {path.name}", flush=True)
+            print(f"  {what}: {len(texts)} embeddings from cache {storage.name(path)}",
+                  flush=True)
             out[what] = Embedded(emb, key, True)
         else:
             todo.append((what, texts, key, path))
@@ -417,17 +417,15 @@ def _index_for(emb: np.ndarray, cfg: RetrieveConfig, corpus_key: str):
         params.update(hnsw_m=cfg.hnsw_m, hnsw_ef_construction=cfg.hnsw_ef_construction,
                       hnsw_ef_search=cfg.hnsw_ef_search)
     tag = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
-    path = Path(cfg.output) / CACHE_DIR / f"index-{corpus_key}-{cfg.index}-{tag}.faiss"
-    if path.exists():
-        return faiss.read_index(str(path))
+    path = storage.join(cfg.output, CACHE_DIR, f"index-{corpus_key}-{cfg.index}-{tag}.faiss")
+    if storage.is_file(path):  # (de)serialised in memory: the cache may be on s3://
+        return faiss.deserialize_index(np.frombuffer(storage.read_bytes(path), dtype=np.uint8))
     kind = params.pop("kind")
     t0 = time.time()
     index = build_index(emb, kind, **params)
     print(f"  index: {kind} over {index.ntotal} vectors built in {time.time() - t0:.1f} s",
           flush=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, path)
+    storage.write_bytes(path, faiss.serialize_index(index).tobytes())
     return index
 
 
@@ -532,11 +530,21 @@ def gold_recall(rows: Iterable[Mapping[str, Any]], ks: Iterable[int]) -> dict[st
     return {f"recall@{k}": float(np.mean(v)) for k, v in per_k.items() if v}
 
 
-def _write_output(rows: list[dict[str, Any]], out: Path) -> list[str]:
-    """Replace the run's part files (a re-run with fewer rows must not leave stale parts)."""
-    for old in out.glob("part-*.parquet"):
-        old.unlink()
-    return [str(p) for p in write_rows(rows, out)]
+def _write_output(rows: list[dict[str, Any]], cfg: RetrieveConfig) -> list[str]:
+    """Replace the run's part files (a re-run with fewer rows must not leave stale parts):
+    the old summary goes first and the new one is written last by the caller, so a run killed
+    in between leaves an output that readers refuse as unfinished (raglign.data.io)."""
+    out = cfg.output
+    storage.delete(storage.join(out, SUMMARY))
+    claim_output(out, "retrieve", _fingerprint(cfg), replaceable=True)
+    for old in storage.list_files(out, (".parquet",)):
+        if storage.name(old).startswith("part-"):
+            storage.delete(old)
+    return write_rows(rows, out)
+
+
+def _fingerprint(cfg: RetrieveConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude={"ray", "output", "actors", "batch_size"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,8 +556,8 @@ def retrieve(cfg: RetrieveConfig) -> RetrieveSummary:
     t0 = time.time()
     corpus = read_corpus(cfg.corpus)
     rows = read_queries(cfg.queries, cfg.limit)
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = cfg.output
+    claim_output(out, "retrieve", _fingerprint(cfg), replaceable=True, write=False)
     k = min(cfg.k, len(corpus))
     label = "bm25" if cfg.method == "bm25" else f"dense:{cfg.encoder}:{cfg.index}"
     summary = RetrieveSummary(method=label, queries=cfg.queries, corpus=cfg.corpus,
@@ -571,8 +579,8 @@ def retrieve(cfg: RetrieveConfig) -> RetrieveSummary:
     result, summary.rows_with_gold, summary.gold_not_in_corpus = output_rows(
         rows, corpus, scores, ids, GoldIndex(corpus), label)
     summary.recall = gold_recall(result, sorted({x for x in (1, 5, 10, 20, 100) if x < k} | {k}))
-    summary.files = _write_output(result, out)
+    summary.files = _write_output(result, cfg)
     summary.seconds = time.time() - t0
-    (out / SUMMARY).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    storage.write_text(storage.join(out, SUMMARY), json.dumps(summary.to_dict(), indent=2) + "\n")
     print(summary, flush=True)
     return summary

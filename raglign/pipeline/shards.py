@@ -2,39 +2,42 @@
 
 A shard is a fixed row range of one input file (``shard_rows`` rows; by default two shards per
 actor, :func:`default_shard_rows`, so that every actor of the pool gets work). Its output is
-``OUTPUT_DIR/part-<shard>.parquet``, written with :func:`raglign.data.io.write_table_atomic`, and
-then a small record ``OUTPUT_DIR/_shards/<shard>.json`` (rows written, rejects, counters,
-seconds), also atomic. The record is the commit: a shard is finished iff its record exists, so a
-job killed at any instant leaves either a finished shard or one that the next run recomputes
-and overwrites — never a duplicate or a half-written file. ``_rejects.jsonl`` and
-``_summary.json`` are rebuilt from the records at the end of every run, so they too are exact
-after a resume.
+``OUTPUT/part-<shard>.parquet``, written with :func:`raglign.data.io.write_table_atomic`, and
+then a small record ``OUTPUT/_shards/<shard>.json`` (rows written, rejects, counters, seconds),
+also atomic. ``OUTPUT`` is a local directory or a storage prefix (``s3://…``,
+:mod:`raglign.storage`). The record is the commit: a shard is finished iff its record exists,
+so a job killed at any instant leaves either a finished shard or one that the next run
+recomputes and overwrites — never a duplicate or a half-written file. On an object store,
+where there is no rename, this holds because each of the two objects is uploaded whole under
+its final key (an object becomes visible only once its upload completes) and the record is
+uploaded only after the part: a part without a record is an unfinished shard, overwritten by
+the re-run under the same key. ``_rejects.jsonl`` and ``_summary.json`` are rebuilt from the
+records at the end of every run, so they too are exact after a resume.
 
 ``_manifest.json`` holds a hash of everything that determines the output (the job's config
 minus runtime knobs, the input files and their row counts, the shard size). A run into a
-directory whose manifest differs stops with a :class:`ConfigError` listing what changed, instead
-of mixing rows labelled two different ways. A resumed job keeps the shard size its manifest
-records (:func:`choose_shard_rows`), whatever the number of actors is now.
+directory whose manifest differs, or which holds Parquet files and no manifest, stops with a
+:class:`ConfigError` before any work (:func:`raglign.data.io.claim_output`), instead of mixing
+rows labelled two different ways. Until ``_summary.json`` is written the output is unfinished
+and readers refuse it (:func:`raglign.data.io.parquet_files`). A resumed job keeps the shard
+size its manifest records (:func:`choose_shard_rows`), whatever the number of actors is now.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from raglign.data.io import parquet_files, write_table_atomic
-from raglign.errors import ConfigError
+from raglign import storage
+from raglign.data.io import (SUMMARY, claim_output, open_parquet, parquet_files, recorded,
+                             write_table_atomic)
 
 SHARD_COL, INDEX_COL, REJECT_COL, COUNTS_COL = "_shard", "_index", "_reject", "_counts"
 HELPER_COLUMNS = (SHARD_COL, INDEX_COL, REJECT_COL, COUNTS_COL)
@@ -44,7 +47,8 @@ MAX_SHARD_ROWS = 256
 
 @dataclass(frozen=True)
 class Shard:
-    """Rows ``[start, stop)`` of one input file; ``name`` is unique within a job."""
+    """Rows ``[start, stop)`` of one input file (a path or URI, opened where the shard is
+    read: in the actor); ``name`` is unique within a job."""
 
     name: str
     path: str
@@ -61,13 +65,13 @@ def plan_shards(input_path: str | os.PathLike, shard_rows: int,
     """The job's shards in input order: each file cut into ``shard_rows``-row ranges, the
     first ``limit`` rows overall when given. Names come from the file's path relative to the
     input directory, so files with the same name in different sub-directories stay apart."""
-    root = Path(input_path)
+    root = str(input_path)
     shards: list[Shard] = []
     remaining = limit
     for f in parquet_files(root):
-        rel = f.relative_to(root) if root.is_dir() else Path(f.name)
-        stem = str(rel.with_suffix("")).replace(os.sep, "__")
-        n = pq.ParquetFile(f).metadata.num_rows
+        rel = storage.name(f) if f == root else storage.relative(f, root)
+        stem = rel.removesuffix(".parquet").replace(os.sep, "__").replace("/", "__")
+        n = open_parquet(f).metadata.num_rows
         if remaining is not None:
             n = min(n, remaining)
             remaining -= n
@@ -81,7 +85,7 @@ def plan_shards(input_path: str | os.PathLike, shard_rows: int,
 
 def count_rows(input_path: str | os.PathLike, limit: int | None = None) -> int:
     """Rows a job over ``input_path`` reads: all of them, or the first ``limit``."""
-    n = sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(input_path))
+    n = sum(open_parquet(f).metadata.num_rows for f in parquet_files(input_path))
     return n if limit is None else min(n, limit)
 
 
@@ -102,7 +106,7 @@ def choose_shard_rows(store: ShardStore, requested: int | None, rows: int, actor
 def read_shard(shard: Shard) -> pa.Table:
     """The shard's rows, reading only the row groups that overlap it, with ``_shard`` and
     ``_index`` (row position within the shard) columns added."""
-    pf = pq.ParquetFile(shard.path)
+    pf = open_parquet(shard.path)
     groups, offset, first = [], 0, None
     for g in range(pf.metadata.num_row_groups):
         n = pf.metadata.row_group(g).num_rows
@@ -115,65 +119,34 @@ def read_shard(shard: Shard) -> pa.Table:
     return table.append_column(INDEX_COL, pa.array(range(table.num_rows), pa.int64()))
 
 
-def config_hash(fingerprint: Mapping[str, Any]) -> str:
-    blob = json.dumps(fingerprint, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
-
-
-def _diff(old: Any, new: Any, path: str = "") -> list[str]:
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out = []
-        for k in sorted(set(old) | set(new), key=str):
-            out += _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
-        return out
-    return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
-
-
 class ShardStore:
-    """The output directory of a sharded job: manifest check, commit, resume, summary."""
+    """The output directory (or prefix) of a sharded job: manifest check, commit, resume,
+    summary."""
 
     def __init__(self, out_dir: str | os.PathLike, job: str):
-        self.root = Path(out_dir)
+        self.root = str(out_dir)
         self.job = job
-        self.records_dir = self.root / "_shards"
+        self.records_dir = storage.join(self.root, "_shards")
 
-    def part_path(self, shard: Shard) -> Path:
-        return self.root / f"part-{shard.name}.parquet"
+    def part_path(self, shard: Shard) -> str:
+        return storage.join(self.root, f"part-{shard.name}.parquet")
 
-    def record_path(self, shard: Shard) -> Path:
-        return self.records_dir / f"{shard.name}.json"
+    def record_path(self, shard: Shard) -> str:
+        return storage.join(self.records_dir, f"{shard.name}.json")
 
     def recorded(self, key: str) -> Any:
         """``key`` of the fingerprint in this directory's manifest; None when there is none."""
-        path = self.root / "_manifest.json"
-        return json.loads(path.read_text())["fingerprint"].get(key) if path.exists() else None
+        return recorded(self.root, key)
 
     def open(self, fingerprint: Mapping[str, Any]) -> None:
         """Write the manifest, or check that the existing one describes the same job."""
-        manifest = {"job": self.job, "hash": config_hash(fingerprint), "fingerprint": fingerprint}
-        path = self.root / "_manifest.json"
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old.get("hash") != manifest["hash"]:
-                changes = _diff(old.get("fingerprint", {}),
-                                json.loads(json.dumps(fingerprint, default=str)))
-                raise ConfigError(
-                    f"{self.root} holds the output of a different {old.get('job', '?')} job "
-                    f"(manifest hash {old.get('hash')} vs {manifest['hash']}); use a new output "
-                    "directory or remove the old one. Differences:\n  " + "\n  ".join(changes))
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(manifest, path)
+        claim_output(self.root, self.job, fingerprint)
 
-    def done(self, shard: Shard) -> bool:
-        return self.record_path(shard).exists()
+    def finished(self) -> set[str]:
+        """Names of the committed shards: one listing of the records (not a request per
+        shard, which on an object store is a round trip each)."""
+        return {storage.name(p).removesuffix(".json")
+                for p in storage.list_files(self.records_dir, (".json",))}
 
     def commit(self, shard: Shard, table: pa.Table, rejects: list[dict], counts: Mapping[str, int],
                seconds: float) -> dict:
@@ -183,23 +156,20 @@ class ShardStore:
         record = {"shard": asdict(shard), "rows_in": shard.rows, "rows_out": table.num_rows,
                   "rejects": rejects, "counts": dict(counts), "seconds": seconds,
                   "finished_at": time.time()}
-        _write_json_atomic(record, self.record_path(shard))
+        storage.write_json(self.record_path(shard), record)
         return record
 
     def records(self) -> list[dict]:
-        if not self.records_dir.is_dir():
-            return []
-        return [json.loads(p.read_text()) for p in sorted(self.records_dir.glob("*.json"))]
+        return [storage.read_json(p) for p in storage.list_files(self.records_dir, (".json",))]
 
     def finish(self, shards: list[Shard], extra: Mapping[str, Any]) -> dict:
-        """Rebuild ``_rejects.jsonl`` and ``_summary.json`` from the shard records."""
+        """Rebuild ``_rejects.jsonl`` and ``_summary.json`` (last: it marks the output
+        finished) from the shard records."""
         names = {s.name for s in shards}
         recs = [r for r in self.records() if r["shard"]["name"] in names]
         rejects = [rej for r in recs for rej in r["rejects"]]
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
-        tmp = self.root / f"._rejects.jsonl.{uuid.uuid4().hex}.tmp"
-        tmp.write_text(lines)
-        os.replace(tmp, self.root / "_rejects.jsonl")
+        storage.write_text(storage.join(self.root, "_rejects.jsonl"), lines)
         counts: dict[str, int] = {}
         for r in recs:
             for k, v in r["counts"].items():
@@ -218,7 +188,7 @@ class ShardStore:
             "counts": counts,
             **extra,
         }
-        _write_json_atomic(summary, self.root / "_summary.json")
+        storage.write_json(storage.join(self.root, SUMMARY), summary)
         return summary
 
 

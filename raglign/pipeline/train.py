@@ -25,13 +25,16 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import yaml
 
-from raglign.config import dump_yaml, read_yaml
+from raglign import storage
+from raglign.config import dump_yaml
 from raglign.errors import ConfigError, DataError, RaglignError
 from raglign.training.reranker import build_reranker  # noqa: F401 (public: README, tests, tune)
 from raglign.training.tables import load_train_table
@@ -40,8 +43,8 @@ from raglign.training_config import OBJECTIVES, RESUMABLE_FIELDS, TrainConfig
 
 @dataclass
 class TrainResult:
-    output: Path
-    model_dir: Path | None  # None: a run that exports nothing (a tune trial)
+    output: Path | str  # a local Path, or the storage URI (str) the run wrote to
+    model_dir: Path | str | None  # None: a run that exports nothing (a tune trial)
     step: int
     total_steps: int
     final_loss: float
@@ -57,11 +60,11 @@ class TrainResult:
         return json.dumps(fields, indent=2) + "\n"
 
 
-def _check_resumable(cfg: TrainConfig, path: Path) -> None:
+def _check_resumable(cfg: TrainConfig, path: str) -> None:
     """A re-run of the same run must compute the same thing; say which fields differ."""
-    if not path.exists():
+    if not storage.is_file(path):
         return
-    old = read_yaml(path)
+    old = yaml.safe_load(storage.read_text(path))
     if (old.get("run_name"), old.get("storage_path")) != (cfg.run_name, cfg.storage_path):
         return  # a different run writing into the same output directory
     new = cfg.model_dump(mode="json")
@@ -184,10 +187,11 @@ def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True,
     if table.num_rows < cfg.batch_size:
         raise DataError(cfg.data, None, None, f"{table.num_rows} training rows, fewer than one "
                                               f"batch (batch_size {cfg.batch_size})")
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resumable(cfg, out / "train_config.yaml")
-    (out / "train_config.yaml").write_text(dump_yaml(cfg))
+    out = cfg.output  # a path or storage URI
+    storage.check_output(out)
+    storage.makedirs(out)
+    _check_resumable(cfg, storage.join(out, "train_config.yaml"))
+    storage.write_text(storage.join(out, "train_config.yaml"), dump_yaml(cfg))
 
     local = cfg.num_workers == 0
     # Local mode needs no Ray cluster: the loop runs here and gets the table itself.
@@ -229,14 +233,15 @@ def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True,
         raise RaglignError(f"training reported no checkpoint under {cfg.storage}/{cfg.run_name}")
     with result.checkpoint.as_directory() as d:
         state = json.loads((Path(d) / "state.json").read_text())
-        shutil.copyfile(Path(d) / "metrics.jsonl", out / "metrics.jsonl")
-    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line]
+        metrics = (Path(d) / "metrics.jsonl").read_text()
+    storage.write_text(storage.join(out, "metrics.jsonl"), metrics)
+    history = [json.loads(line) for line in metrics.splitlines() if line]
     step = state["step"]
     total = history[-1]["total_steps"] if history else step
     best = _best_trained(cfg, result, local)
     choice = choose_export(cfg, history, result.checkpoint, step, best)
     if export:
-        export_model(cfg, choice.checkpoint, out / "model", model_card(
+        export_model(cfg, choice.checkpoint, storage.join(out, "model"), model_card(
             cfg, provenance, table.num_rows, step, total, history, choice,
             validation.describe() if validation else None))
     print(f"[raglign train] {choice.note}", flush=True)
@@ -255,9 +260,13 @@ def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True,
     losses = [h["loss"] for h in history if "loss" in h]
     attribute = cfg.validation.score_attribute if cfg.validation else None
     if losses:
-        plot_loss_curve(history, out / "loss_curve.png",
-                        f"raglign train: {cfg.objective}, {cfg.kind}-encoder {Path(cfg.model).name}",
-                        attribute, choice.step if attribute else None)
+        with tempfile.TemporaryDirectory(prefix="raglign-plot-") as tmp:
+            plot_loss_curve(history, Path(tmp) / "loss_curve.png",
+                            f"raglign train: {cfg.objective}, {cfg.kind}-encoder "
+                            f"{storage.name(cfg.model)}", attribute,
+                            choice.step if attribute else None)
+            storage.write_bytes(storage.join(out, "loss_curve.png"),
+                                (Path(tmp) / "loss_curve.png").read_bytes())
     scores = None
     if attribute:
         scores = {"metric": cfg.validation.metric,
@@ -265,9 +274,11 @@ def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True,
                              if k.startswith("val_")},
                   "exported": {k: v for h in history if h["step"] == choice.step
                                for k, v in h.items() if k.startswith("val_")}}
-    train_result = TrainResult(out, out / "model" if export else None, step, total,
+    here = (lambda p: p) if storage.is_remote(out) else Path
+    train_result = TrainResult(here(out), here(storage.join(out, "model")) if export else None,
+                               step, total,
                                losses[-1] if losses else float("nan"),
                                None if local else result.checkpoint.path, choice.step,
                                choice.kind, choice.note, scores, round(freed / 2**20, 1))
-    (out / "train_result.json").write_text(train_result.to_json())
+    storage.write_text(storage.join(out, "train_result.json"), train_result.to_json())
     return train_result

@@ -16,15 +16,13 @@ has no gold flags; the held-out question's own candidates do.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.parquet as pq
 
-from raglign.data.io import parquet_files
+from raglign import storage
+from raglign.data.io import parquet_files, read_file
 from raglign.data.schema import validate_row
 from raglign.data.split import is_test
 from raglign.errors import ConfigError, DataError
@@ -94,9 +92,10 @@ def validation_source(cfg: TrainConfig) -> str:
         return v.data
     if cfg.objective in LM_OBJECTIVES:
         return cfg.data
-    summary = Path(cfg.data) / "_summary.json"
-    source = json.loads(summary.read_text()).get("config", {}).get("input") if summary.exists() else None
-    if source is None or not Path(source).is_dir():
+    summary = storage.join(cfg.data, "_summary.json")
+    source = storage.read_json(summary).get("config", {}).get("input") \
+        if storage.is_file(summary) else None
+    if source is None or not storage.exists(source):
         found = f"its _summary.json names {source!r}, not a directory here" if source else \
             "it has no _summary.json naming them"
         raise ConfigError(f"validation.data: validation.fraction on mined rows ({cfg.data}) needs "
@@ -114,7 +113,7 @@ def _read_rows(source: str, keep: Callable[[str], bool], k1: int,
         raise ConfigError(f"validation.data: {e}") from None
     rows = []
     for f in files:
-        for i, row in enumerate(pq.read_table(f).to_pylist()):
+        for i, row in enumerate(read_file(f).to_pylist()):
             validate_row(row, str(f), row.get("id") or i)
             if not row["candidates"] or not keep(str(row["id"])):
                 continue

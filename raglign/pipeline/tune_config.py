@@ -30,8 +30,9 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, ValidationError, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
+from raglign import storage
 from raglign.config import JobConfig, StrictModel, format_validation_error, read_yaml, set_dotted
 from raglign.errors import did_you_mean
 from raglign.pipeline.mine import MineConfig
@@ -137,6 +138,18 @@ class TuneJobConfig(JobConfig):
                                                     "resumes from its own checkpoints)")
     driver_cpus: float = Field(0.0, ge=0, description="CPUs reserved for each trial's driver, "
                                "which only starts and watches its Train workers")
+
+    @field_validator("output")
+    @classmethod
+    def _local_output(cls, value: str) -> str:
+        """The sweep's own directory is local (or a shared mount): trials take a file lock in
+        it to mine each configuration once, and the report is drawn there. What grows with a
+        sweep, Ray Tune's and each trial's Train storage, goes to ``storage_path``, which may
+        be ``s3://``/``gs://``."""
+        if storage.is_remote(value):
+            raise ValueError(f"{value}: a sweep's output is a local or shared directory; put "
+                             "the trials' checkpoints on object storage with storage_path")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> TuneJobConfig:

@@ -17,11 +17,13 @@ import contextlib
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raglign import storage
 from raglign.training.reranker import build_reranker
 from raglign.training_config import TrainConfig
 
@@ -67,8 +69,17 @@ def choose_export(cfg: TrainConfig, history: list[dict], last: Any, last_step: i
                                         else f"; last step {last_step}: {final:.4f}") + ")"))
 
 
-def export_model(cfg: TrainConfig, checkpoint: Any, dst: Path, card: str) -> None:
-    """Write the chosen model to ``dst`` (replaced atomically) with its model card."""
+def export_model(cfg: TrainConfig, checkpoint: Any, dst: str, card: str) -> None:
+    """Write the chosen model to ``dst`` (a path or storage URI) with its model card.
+
+    ``save_pretrained`` (transformers, sentence-transformers' layout) writes local files by
+    name and cannot write through a pyarrow filesystem, so the model is saved into a local
+    temporary directory first. Locally that directory is then renamed over ``dst`` (atomic);
+    for a URI its files are uploaded with ``pyarrow.fs.copy_files`` after the old ones are
+    removed. That upload is not atomic: a run killed during it leaves a partial model under
+    ``dst`` and no new ``train_result.json`` (written after the export); re-running the job
+    exports again from its checkpoint.
+    """
     import torch
 
     with _quiet_transformers():  # the workers' logs said it all (a new head, missing keys)
@@ -76,11 +87,18 @@ def export_model(cfg: TrainConfig, checkpoint: Any, dst: Path, card: str) -> Non
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
                 reranker.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu"))
-        tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}")
+        if storage.is_remote(dst):
+            with tempfile.TemporaryDirectory(prefix="raglign-export-") as tmp:
+                reranker.eval().save(tmp, model_card=card)
+                storage.delete_dir(dst)
+                storage.upload_dir(tmp, dst)
+            return
+        local = Path(dst)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}")
         reranker.eval().save(tmp, model_card=card)
-    if dst.exists():
-        shutil.rmtree(dst)
-    os.replace(tmp, dst)
+    if local.exists():
+        shutil.rmtree(local)
+    os.replace(tmp, local)
 
 
 @contextlib.contextmanager

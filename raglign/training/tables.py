@@ -16,9 +16,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from raglign.data.io import parquet_files
+from raglign import storage
+from raglign.data.io import parquet_files, read_file
 from raglign.errors import DataError
 from raglign.training.loss import SCORE_LOSSES
 from raglign.training_config import OBJECTIVES
@@ -75,7 +75,7 @@ def load_train_table(path: str, objective: str, limit: int | None = None,
     provenance: dict[str, list] = {}
     for f in parquet_files(path):
         src = str(f)
-        table = pq.read_table(f)
+        table = read_file(f)
         for col in ("question", "docs", field):
             if col not in table.column_names:
                 raise DataError(src, None, col, f"missing column; objective {objective!r} trains "
@@ -88,7 +88,7 @@ def load_train_table(path: str, objective: str, limit: int | None = None,
         for i, row in enumerate(table.select(
                 [c for c in ("id", "question", "docs", field) if c in table.column_names]).to_pylist()):
             rec = row.get("id") or i
-            rid = str(row.get("id") if row.get("id") is not None else f"{f.name}:{i}")
+            rid = str(row.get("id") if row.get("id") is not None else f"{storage.name(f)}:{i}")
             if exclude is not None and exclude(rid):
                 continue
             q = row["question"]

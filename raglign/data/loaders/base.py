@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from raglign.errors import DataError
+from raglign import storage
+from raglign.errors import DataError, MissingInputError
 
 
 @dataclass
@@ -48,7 +49,16 @@ class Format:
 
 
 def open_text(path: str | os.PathLike) -> TextIO:
-    """Open a text file, gunzipping transparently (by magic bytes, so a misnamed file works too)."""
+    """Open a text file, gunzipping transparently (by magic bytes, so a misnamed file works too).
+    A storage URI (``s3://…``) is streamed through its pyarrow filesystem."""
+    if storage.is_remote(path):
+        if not storage.is_file(path):
+            raise MissingInputError(str(path), None, None, "no such object")
+        f = storage.open_input(path)
+        magic = f.read(2)
+        f.seek(0)
+        raw = gzip.GzipFile(fileobj=f, mode="rb") if magic == b"\x1f\x8b" else f
+        return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
     p = Path(path)
     if not p.is_file():
         raise DataError(str(path), None, None, "no such file" if not p.exists() else "not a file")

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from raglign import storage
 from raglign.pipeline.label.config import LabelConfig
 from raglign.pipeline.label.llm import label_shards_llm
 from raglign.pipeline.label.rows import label_rows, load_models, model_needs
@@ -32,8 +32,9 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
                                    cfg.actors)
     shards = plan_shards(cfg.input, shard_rows, cfg.limit)
     store.open({**cfg.fingerprint(), "shard_rows": shard_rows,
-                "inputs": [[Path(s.path).name, s.start, s.stop] for s in shards]})
-    todo = [s for s in shards if not store.done(s)]
+                "inputs": [[storage.name(s.path), s.start, s.stop] for s in shards]})
+    finished = store.finished()
+    todo = [s for s in shards if s.name not in finished]
     total = sum(s.rows for s in shards)
     progress(f"[label] {len(shards)} shards of up to {shard_rows} rows, {total} rows; "
              f"{len(shards) - len(todo)} shards already finished; signals: "

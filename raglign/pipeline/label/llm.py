@@ -24,14 +24,13 @@ interrupted job loses at most the shards in flight::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from raglign import storage
 from raglign.errors import RaglignError
 from raglign.models import vllm_backend as vb
 from raglign.pipeline.label.config import LabelConfig
@@ -40,7 +39,7 @@ from raglign.pipeline.label.request_rows import (KEY, KIND, REQUEST_SCHEMA, TOTA
                                                  request_key, request_kinds)
 from raglign.pipeline.label.rows import label_rows, load_models, model_needs, output_schema
 from raglign.pipeline.label.workers import ShardWorker, map_shards, set_torch_threads
-from raglign.pipeline.shards import SHARD_COL, Shard, ShardCollector, _write_json_atomic, read_shard
+from raglign.pipeline.shards import SHARD_COL, Shard, ShardCollector, read_shard
 from raglign.signals import SIGNALS
 
 
@@ -76,25 +75,26 @@ def llm_stage(cfg: LabelConfig) -> Callable:
 
 # ---------------------------------------------------------------------------- results
 class ResultStore:
-    """Per-shard request results between the two phases: ``OUTPUT/_llm/<shard>.json``."""
+    """Per-shard request results between the two phases: ``OUTPUT/_llm/<shard>.json`` (a path
+    or URI; each file written whole, :func:`raglign.storage.write_json`)."""
 
-    def __init__(self, out_dir: str | Path):
-        self.root = Path(out_dir) / "_llm"
+    def __init__(self, out_dir: str):
+        self.root = storage.join(out_dir, "_llm")
 
-    def path(self, name: str) -> Path:
-        return self.root / f"{name}.json"
+    def path(self, name: str) -> str:
+        return storage.join(self.root, f"{name}.json")
 
     def has(self, shard: Shard) -> bool:
-        return self.path(shard.name).exists()
+        return storage.is_file(self.path(shard.name))
 
     def write(self, name: str, results: Mapping[str, Any]) -> None:
-        _write_json_atomic({"shard": name, "results": dict(results)}, self.path(name))
+        storage.write_json(self.path(name), {"shard": name, "results": dict(results)})
 
     def read(self, name: str) -> dict[str, Any]:
-        return json.loads(self.path(name).read_text())["results"]
+        return storage.read_json(self.path(name))["results"]
 
     def drop(self, shard: Shard) -> None:
-        self.path(shard.name).unlink(missing_ok=True)
+        storage.delete(self.path(shard.name))
 
 
 def gather(results, shards: list[Shard], store: ResultStore,
