@@ -97,7 +97,9 @@ def test_label_manifests_written_before_the_spec_still_match(tmp_path):
 
     from raglign.pipeline.demo import DemoConfig, label_config
     from raglign.pipeline.label import load_label_config
-    from raglign.pipeline.shards import ShardStore, _write_json_atomic, config_hash
+    from raglign import storage
+    from raglign.data.io import config_hash
+    from raglign.pipeline.shards import ShardStore
 
     demo = label_config(DemoConfig(), Path("runs/demo/split/train"), Path("runs/demo/labelled"))
     assert config_hash(demo.fingerprint()) == RECORDED["demo"]
@@ -111,8 +113,8 @@ def test_label_manifests_written_before_the_spec_still_match(tmp_path):
                                  "base_url": "http://h/v1", "model": "smollm2", "batch_size": 8}})
     assert config_hash(http.fingerprint()) == RECORDED["http"]
     # An output directory whose manifest an earlier run wrote opens without complaint.
-    _write_json_atomic({"job": "label", "hash": RECORDED["demo"], "fingerprint": {}},
-                       tmp_path / "_manifest.json")
+    storage.write_json(tmp_path / "_manifest.json",
+                       {"job": "label", "hash": RECORDED["demo"], "fingerprint": {}})
     ShardStore(tmp_path, "label").open(demo.fingerprint())
 
 
