@@ -184,9 +184,9 @@ class GeneratorSpec(StrictModel):
 
 def moved_keys(data: Any, keys: tuple[str, ...], block: str = "generator") -> None:
     """For a config's ``mode="before"`` validator: raise a ``ValueError`` (reported with the
-    config's path) naming the new place of generator settings that a recipe
-    still gives beside ``block`` (``dtype: float32`` where ``generator: {name: …, dtype:
-    float32}`` is meant), rather than pydantic's bare "unknown key"."""
+    config's path) naming the new place of generator settings that a recipe still gives beside
+    ``block`` (``dtype: float32`` where ``generator: {name: …, dtype: float32}`` is meant),
+    rather than pydantic's bare "unknown key"."""
     if not isinstance(data, dict):
         return
     old = [k for k in keys if k in data]
@@ -195,7 +195,7 @@ def moved_keys(data: Any, keys: tuple[str, ...], block: str = "generator") -> No
         name = name.get("name", "…") if isinstance(name, dict) else name or "…"
         inner = ", ".join(f"{k}: {data[k]}" for k in old)
         raise ValueError(f"{', '.join(old)}: generator settings are keys of the {block} "
-                          f"block now: write {block}: {{name: {name}, {inner}}}")
+                         f"block now: write {block}: {{name: {name}, {inner}}}")
 
 
 def build_generator(spec: GeneratorSpec, **kwargs: Any) -> Generator:
