@@ -39,7 +39,9 @@ BUCKET = "raglign-test"
 os.environ.update({"AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "testing",
                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                    "AWS_EC2_METADATA_DISABLED": "true",
-                   "RAGLIGN_STORAGE_CACHE": tempfile.mkdtemp(prefix="rg-s3cache-")})
+                   # created by the first download, removed by the s3 fixture
+                   "RAGLIGN_STORAGE_CACHE": os.path.join(tempfile.gettempdir(),
+                                                         f"rg-s3cache-{os.getpid()}")})
 
 
 @contextlib.contextmanager
