@@ -160,7 +160,8 @@ class RRPOOptions(StrictModel):
     PPO: the ``batch_size`` questions of a step are one rollout (episodes sampled, rewarded and
     their log-probabilities stored once); ``ppo_epochs`` passes over it follow, each in
     ``minibatches`` optimizer steps of ``grad_accumulation / minibatches`` micro-batches. From
-    the second update on the ratio to the sampling policy leaves 1 and the clip binds; 4 epochs
+    the second update on the ratio to the sampling policy leaves 1 and the clip can bind (it
+    does once an update moves the policy by more than ε on a step); 4 epochs
     is PPO's usual setting, ``ppo_epochs: 1, minibatches: 1`` one policy-gradient step per
     rollout.
     """
