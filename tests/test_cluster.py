@@ -9,9 +9,11 @@ it started (by process group; a drill's victim must be in one of those groups). 
 ``ray job submit --working-dir`` (the checkout is uploaded; its .gitignore keeps .venv and runs/
 out, and the nodes get no PYTHONPATH, so the jobs run the uploaded code). Nothing here calls
 ``ray.init`` in the pytest process, so the session-wide local Ray of tests/conftest.py is never
-touched. Marked ``cluster`` and left out of the default run (about 10 minutes on 2 shared
-cores): ``python -m pytest -m cluster tests/test_cluster.py -s`` (``-s`` shows what each drill
-killed and when).
+touched. Marked ``cluster`` and left out of the default run (28 minutes on 2 cores busy with
+other work): ``python -m pytest -m cluster tests/test_cluster.py -s`` (``-s`` shows what each
+drill killed and when). Not under ``nice -n 19`` on a busy machine: ``ray start`` gives its
+raylet a fixed 30 s to register, which a starved node misses (a node that exits is started
+again, up to 3 times).
 
 Keeping Ray on loopback (Ray 2.60, read from its source): ``ray start`` passes
 ``--node-ip-address`` and ``--address`` through ``services.resolve_ip_for_localhost``, which
@@ -504,15 +506,21 @@ def train_runs(cluster, tmp_path_factory, tiny_bert_dir):
         proc = submit(cluster, ["train", "--config", str(recipe)], log)
         if name == "drill":
             def first_checkpoint():
-                steps = sorted(int(p.name.split("-")[1]) for p in out.glob("ray/train/step-*"))
+                # Registered, not merely written: Ray Train's snapshot names the latest one.
+                snap = out / "ray" / "train" / "checkpoint_manager_snapshot.json"
+                try:
+                    latest = json.loads(snap.read_text())["latest_checkpoint_result"]
+                except (OSError, ValueError, KeyError):
+                    return None
+                step = (latest or {}).get("metrics", {}).get("step", 32)
                 workers = cluster.find(TRAIN_WORKER)
-                return (steps, workers) if steps and steps[-1] < 32 and len(workers) == 2 else None
+                return (step, workers) if step < 32 and len(workers) == 2 else None
 
-            steps, workers = wait_until(proc, log, "a checkpoint is written", first_checkpoint)
+            step, workers = wait_until(proc, log, "a checkpoint is registered", first_checkpoint)
             pid, node = sorted(workers.items())[-1]
             os.kill(pid, signal.SIGKILL)
             print(f"\n[cluster] {_clock(t0)} killed Ray Train worker pid {pid} on {node.name}; "
-                  f"checkpoints so far: steps {steps}")
+                  f"last checkpoint: step {step} of 32")
         finish(proc, log)
         print(f"[cluster] train ({name}): {time.monotonic() - t0:.1f} s")
         outs[name] = out
@@ -528,7 +536,8 @@ def test_drill_train_worker_killed(train_runs):
 
     results = {k: json.loads((v / "train_result.json").read_text()) for k, v in train_runs.items()}
     assert [(r["step"], r["total_steps"]) for r in results.values()] == [(32, 32)] * 2
-    logs = (train_runs["drill"] / "ray.log").read_text(errors="replace")
+    logs = "".join((p.read_text(errors="replace") for p in (
+        train_runs["drill"] / "ray.log", train_runs["drill"].with_suffix(".log"))))
     resumed = re.findall(r"resumed from step (\d+)/32", logs)
     assert resumed, "the drill run did not restore a checkpoint"
     weights = {k: torch.load(Path(r["checkpoint"]) / "model.pt", map_location="cpu")
@@ -552,20 +561,21 @@ def test_drill_second_node_killed_mid_labelling(cluster, tmp_path, label_input,
     t0 = time.monotonic()
     proc, out, log = _run_label(cluster, tmp_path, label_input, generator_dir)
 
-    def worker_mid_shard():
+    def labelling_on_both():
+        # Labelling has begun (a row is done somewhere) and the second node holds a label
+        # actor: it has a shard in hand, as Ray Data gives each actor work as soon as it is
+        # ready. (Its own progress lines travel through its log monitor and reach the driver
+        # seconds late, too late to wait for on a shard of a few seconds.)
         done = _committed(out)
         on_worker = set(cluster.worker.processes(LABEL_ACTOR))
-        busy = [(p, s, k, n) for p, s, k, n in _progress(out)
-                if p in on_worker and s not in done and k < n]
-        return (on_worker, busy[-1], done) if done and busy else None
+        return (on_worker, done) if on_worker and _progress(out) and len(done) < 6 else None
 
-    pids, (_, shard, k, n), done = wait_until(proc, log, "the second node's actor is mid-shard",
-                                              worker_mid_shard)
+    pids, done = wait_until(proc, log, "labelling runs on both nodes", labelling_on_both)
     killed = cluster.worker.kill()
     killed_at = time.monotonic()
     print(f"\n[cluster] {_clock(t0)} killed node {WORKER_IP}: {len(killed)} processes (ray "
-          f"start, raylet, agents, label actor(s) {sorted(pids)}) with shard {shard} at {k}/{n} "
-          f"rows; {len(done)} of 6 shards committed")
+          f"start, raylet, agents, label actor(s) {sorted(pids)}); {len(done)} of 6 shards "
+          "committed")
     try:
         finish(proc, log)
         took = time.monotonic() - t0
