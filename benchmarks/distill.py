@@ -151,6 +151,7 @@ def choose_remedy(out: Path, demo: Path, demo_cfg: dict, pdist_rows: Path, args)
                  "validation": {"fraction": 0.3, "data": str(demo / "split" / "train")}}
         run_tune(TuneJobConfig(
             train=train, output=str(sweep), search={"algorithm": "grid"}, metric="val_mrr",
+            max_concurrent_trials=args.trials_at_once, max_failures=2,
             param_space={"train.anchor": {"grid": args.anchors},
                          "train.temperature": {"grid": args.temperatures}}), progress=log)
     chosen = json.loads(best.read_text())
@@ -172,7 +173,8 @@ def method_runs(method: str, teachers: Teachers, out: Path, remedy: dict) -> dic
     if "@" not in method:
         runs[f"{method}.control"] = (objective, control_rows(rows, field, out / "control" /
                                                              rows_name), {})
-    runs[f"{method}.anchored"] = (objective, rows, anchored)
+    if anchored.get("anchor"):  # validation chose an anchor: else the plain run is the remedy's
+        runs[f"{method}.anchored"] = (objective, rows, anchored)
     return runs
 
 
@@ -332,6 +334,8 @@ def main() -> None:
     ap.add_argument("--loo-k", type=int, default=5)
     ap.add_argument("--actors", type=int, default=2)
     ap.add_argument("--shard-rows", type=int, default=17)
+    ap.add_argument("--trials-at-once", type=int, default=1,
+                    help="concurrent tune trials (each holds a training worker's memory)")
     ap.add_argument("--train-workers", type=int, default=1,
                     help="Ray Train workers (global batches: speed only)")
     ap.add_argument("--n-boot", type=int, default=1000)
