@@ -128,10 +128,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(cmd: list[str], port: int, log: Path, ready_path: str, timeout: float = 180):
-    """Start ``cmd``, wait until ``GET ready_path`` answers 200, yield the /v1 base URL, stop it."""
+def serve(cmd: list[str], port: int, log: Path, ready_path: str, timeout: float = 180,
+          base_path: str = "/v1", env: dict[str, str] | None = None):
+    """Start ``cmd`` (``env`` added to its environment), wait until ``GET ready_path`` answers
+    200, yield the base URL (``http://127.0.0.1:PORT`` + ``base_path``), stop it by its pid."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, **(env or {})))
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -146,7 +149,7 @@ def serve(cmd: list[str], port: int, log: Path, ready_path: str, timeout: float 
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
+        yield f"http://127.0.0.1:{port}{base_path}"
     finally:
         proc.terminate()
         try:

@@ -12,22 +12,18 @@ those variables would.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 
 pytest.importorskip("moto.server", reason="the S3 tests need moto[server] (raglign[test])")
 
-from conftest import _free_port, kill_cli_when  # noqa: E402
+from conftest import _free_port, kill_cli_when, serve  # noqa: E402
 from raglign import storage  # noqa: E402
 from raglign.config import validate  # noqa: E402
 from raglign.data.io import read_rows  # noqa: E402
@@ -44,32 +40,11 @@ os.environ.update({"AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "testing",
                                                          f"rg-s3cache-{os.getpid()}")})
 
 
-@contextlib.contextmanager
 def moto_server(port: int, log, **env: str):
     """moto's S3 server on 127.0.0.1:``port`` (``env`` added to its environment) until the
     block ends; stopped by its pid."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                                 str(port)], stdout=out, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, **env))
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "moto did not start:\n" + log.read_text()
-                time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], port,
+                 log, "/moto-api/", timeout=60, base_path="", env=env)
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +78,9 @@ def _dpr_jsonl(n: int = 8) -> bytes:
 def _label_cfg(inp: str, out: str, generator: str, **kw):
     from raglign.pipeline.label import LabelConfig
 
-    fields = dict(job="label", input=inp, output=out, generator=generator,
-                  signals=["answer_logprob"], context="concat", dtype="float32", shard_rows=3,
+    fields = dict(job="label", input=inp, output=out,
+                  generator={"name": generator, "dtype": "float32"},
+                  signals=["answer_logprob"], context="concat", shard_rows=3,
                   batch_size=2, actors=1, eval={"enabled": False})
     return validate(LabelConfig, fields | kw)
 
