@@ -323,10 +323,10 @@ def generator_dir(tmp_path_factory, smollm_tokenizer) -> str:
 def _label_fields(label_input, out: Path, generator: str) -> dict:
     # 6 shards of 4 rows, labelled a row at a time (a progress line per row), 2 actors of
     # 1 CPU: one fits on each node, and a restarted one fits on the head.
-    return dict(job="label", input=str(label_input), output=str(out), generator=generator,
+    return dict(job="label", input=str(label_input), output=str(out),
+                generator={"name": generator, "dtype": "float32"},
                 signals=["answer_logprob", "loo_logprob"], context="concat", loo={"k": 3},
-                dtype="float32", shard_rows=4, batch_size=1, actors=2, cpus_per_actor=1,
-                eval={"enabled": False})
+                shard_rows=4, batch_size=1, actors=2, cpus_per_actor=1, eval={"enabled": False})
 
 
 @pytest.fixture(scope="module")
