@@ -156,11 +156,19 @@ def test_shards_spread_over_the_actor_pool_whatever_the_batch_size(ray_local, in
     ``batch_size`` 8 (before, the fused read + actor map bundled all shard descriptors up to
     the batch size and sent them to one actor)."""
     from ray import cloudpickle  # Ray's own copy pickles the actor class
+    from ray.data import DataContext
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     cfg = _cfg(input_dir, "unused", "unused", shard_rows=3, batch_size=8, actors=2)
     shards = plan_shards(cfg.input, cfg.shard_rows, None)
-    rows = map_shards(cfg, shards, _PidWorker).take_all()
+    # Both actors up before the first shard is sent: on a loaded machine the second one can
+    # start after the first has labelled all 5 tiny shards, which is timing, not bundling.
+    context = DataContext.get_current()
+    before, context.wait_for_min_actors_s = context.wait_for_min_actors_s, 120
+    try:
+        rows = map_shards(cfg, shards, _PidWorker).take_all()
+    finally:
+        context.wait_for_min_actors_s = before
     assert sorted(r["id"] for r in rows) == sorted(f"q{i}" for i in range(12))
     pids_of = {}
     for r in rows:
