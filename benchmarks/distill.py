@@ -379,7 +379,8 @@ def report(out: Path, args, demo: Path, demo_cfg: dict, teachers: Teachers, reme
     runs = list(models)
     result = {
         "demo": str(demo), "teachers": teacher_quality(teachers, runs),
-        "remedy": {**remedy, "sweep": str(out / "tune_pdist_anchor")},
+        "remedy": {**{k: remedy[k] for k in ("metric", "value", "base_value", "values")},
+                   "sweep": "OUT/tune_pdist_anchor"},
         "test": {n: {k: v for k, v in r.items() if k == "n" or k.split("_ci")[0] in METRICS}
                  for n, r in test.items()},
         "train_split": {"base": {m: train_split["base"][m] for m in HEADLINE}},
