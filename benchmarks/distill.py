@@ -217,6 +217,9 @@ def evaluate_runs(out: Path, demo: Path, demo_cfg: dict, models: dict[str, Path]
     return reports
 
 
+_SCORES: dict[str, list] = {}  # model -> its scores of the test questions' candidates
+
+
 def ranking_changes(demo: Path, demo_cfg: dict, models: dict[str, Path]) -> dict[str, dict]:
     """What each student did to the base's ranking of the test questions' candidates: the mean
     per-question std of its scores (cosine for a bi-encoder; divide by the score temperature for
@@ -231,12 +234,14 @@ def ranking_changes(demo: Path, demo_cfg: dict, models: dict[str, Path]) -> dict
     rows = read_rows(demo / "split" / "test")
 
     def scores(model: str) -> list[np.ndarray]:
-        reranker = load_reranker(model, kind=demo_cfg["reranker_kind"],
-                                 max_length=demo_cfg["training"]["max_length"])
-        with torch.no_grad():
-            return [np.asarray(reranker.score(r["question"], [doc_text(c.get("title"), c["text"])
-                                                              for c in r["candidates"]]))
+        if model not in _SCORES:  # the report is rewritten per method: score each model once
+            reranker = load_reranker(model, kind=demo_cfg["reranker_kind"],
+                                     max_length=demo_cfg["training"]["max_length"])
+            with torch.no_grad():
+                _SCORES[model] = [np.asarray(reranker.score(
+                    r["question"], [doc_text(c.get("title"), c["text"]) for c in r["candidates"]]))
                     for r in rows]
+        return _SCORES[model]
 
     def kendall(a: np.ndarray, b: np.ndarray) -> float:
         i, j = np.triu_indices(len(a), 1)

@@ -35,6 +35,15 @@ class LossParams:
     kind: str = "cross"  # the reranker's kind: "supervised" is BCE for cross, CoSENT for bi
 
 
+def score_mask(mask: torch.Tensor, scores: torch.Tensor, p: LossParams) -> torch.Tensor:
+    """The padding mask of ``scores``: the groups' own ``[B, n]``, or with in-batch negatives
+    (``[B, B*n]`` scores, every query against every group's documents) all groups' for each
+    query."""
+    if p.in_batch_negatives:
+        return mask.reshape(1, -1).expand(scores.shape[0], -1)
+    return mask
+
+
 class ScoreLoss(Loss):
     """``loss(scores, values, mask, params)`` on the scores of the batch's groups."""
 
@@ -71,8 +80,7 @@ class ScoreLoss(Loss):
         loss = self.loss(scores, batch.values.to(self.device), mask, self.params)
         if self.base is None:
             return loss
-        if self.params.in_batch_negatives:  # [B, B*n]: every query sees every group's documents
-            mask = mask.reshape(1, -1).expand(scores.shape[0], -1)
+        mask = score_mask(mask, scores, self.params)
         with torch.no_grad():
             base = self.base(batch.queries, batch.docs).float()
         drift = base_anchor(scores, base, self.params.temperature, mask)
@@ -101,9 +109,8 @@ class InfoNCE(ScoreLoss):
     @staticmethod
     def loss(scores, values, mask, p: LossParams):
         positive = values.argmax(dim=1)
-        if p.in_batch_negatives:  # [B, B*n]: every query sees every group's documents
-            mask = mask.reshape(1, -1).expand(scores.shape[0], -1)
-        return infonce(scores, p.temperature, positive, p.in_batch_negatives, mask)
+        return infonce(scores, p.temperature, positive, p.in_batch_negatives,
+                       score_mask(mask, scores, p))
 
     @classmethod
     def row_error(cls, values: list[float]) -> str | None:
