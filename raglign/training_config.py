@@ -275,7 +275,12 @@ class TrainConfig(JobConfig):
     warmup_ratio: float = Field(default=0.1, ge=0, le=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     seed: int = 42
-    bf16: bool = True  # autocast to bfloat16 on GPU workers (CPU workers train in float32)
+    bf16: bool = True  # autocast to bfloat16 on GPU workers
+    # Autocast CPU workers too. auto: only where the CPU multiplies bf16 natively (AVX-512 BF16,
+    # AMX): MiniLM's forward+backward ran 2.1x faster than fp32 on an AVX-512-BF16 EPYC, while
+    # emulated bf16 is several times slower (docs/benchmarks.md "CPU dtype"). Off by default so
+    # that a CPU run's numbers do not depend on which CPU ran it; the demo turns it on (auto).
+    cpu_bf16: bool | Literal["auto"] = False
     limit: int | None = Field(default=None, ge=1)  # train on the first N rows only
     num_workers: int = Field(default=1, ge=0)  # 0: Ray Train local mode, in this process
     use_gpu: bool = False

@@ -62,6 +62,18 @@ def _console_line(metrics: dict, total: int, extra: list[str], validation) -> st
     return line
 
 
+def autocast_bf16(cfg: TrainConfig, device) -> bool:
+    """Whether the step runs under bf16 autocast: GPU workers when ``bf16``, CPU workers when
+    ``cpu_bf16`` (``auto``: decided on the worker, whose CPU may differ from the driver's)."""
+    if device.type == "cuda":
+        return cfg.bf16
+    if cfg.cpu_bf16 == "auto":
+        from raglign.models.generator import cpu_has_fast_bf16
+
+        return cpu_has_fast_bf16()
+    return cfg.cpu_bf16
+
+
 def _step_bar(local: bool, total: int, done: int):
     """Rank 0's bar of optimizer steps, drawn on the driver's terminal: a plain tqdm in local
     mode (the loop runs there), else Ray's ``tqdm_ray``, whose state updates the driver draws
@@ -137,7 +149,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     print_every = max(log_every, math.ceil(total / 10))  # about ten lines a run on the console
     eval_every = cfg.eval_interval(total)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=cfg.bf16 and device.type == "cuda")
+                              enabled=autocast_bf16(cfg, device))
 
     if validation is not None and not history:  # the starting model, once per run
         metrics = {"step": 0, "epoch": 0.0, "total_steps": total, "eval_round": 0,
