@@ -111,6 +111,44 @@ def test_models_through_ray_match_direct_calls(ray_local, data_dir, tmp_path, ti
     assert report["name"] == "tiny" and "em" in report and "f1" in report
 
 
+def test_runs_evaluated_together_equal_each_run_alone_and_share_answers(
+        ray_local, data_dir, tmp_path, tiny_bert_dir, tiny_llama, smollm_tokenizer, capsys):
+    """The demo's evaluation: one reranker pool and one reader pool for every run; each report
+    and its rows equal what evaluating the run alone writes, and a prompt two runs share is
+    answered once."""
+    from raglign.pipeline.evaluate import evaluate_many
+
+    gen_dir = tmp_path / "tiny-llm"
+    tiny_llama.save_pretrained(gen_dir)
+    smollm_tokenizer.save_pretrained(gen_dir)
+    common = dict(data=str(data_dir), reranker_kind="bi", k=1, max_new_tokens=3,
+                  generator={"name": str(gen_dir), "dtype": "float32"})
+    runs = {"base": "none", "oracle": "oracle", "tiny": str(tiny_bert_dir)}
+
+    def cfgs(folder):
+        return [EvalConfig(output=str(tmp_path / folder / f"{n}.json"), reranker=r, name=n,
+                           **common) for n, r in runs.items()]
+
+    together = evaluate_many(cfgs("together"))
+    out = capsys.readouterr()
+    alone = [evaluate(c) for c in cfgs("alone")]
+    for a, b in zip(together, alone):
+        assert {k: v for k, v in a.items() if k != "seconds"} == \
+            {k: v for k, v in b.items() if k != "seconds"}
+    rows = {}
+    for n in runs:
+        files = [pq.read_table(tmp_path / f / f"{n}.rows.parquet").to_pylist()
+                 for f in ("together", "alone")]
+        assert files[0] == files[1]
+        rows[n] = files[0]
+    # the top-1 prompt of each row under each run, answered once per distinct prompt
+    prompts = {(r["id"], r["ranked_doc_ids"][0]) for n in runs for r in rows[n]}
+    assert len(prompts) < 3 * 2  # base and oracle agree on q2's top document at least
+    n = len(prompts)
+    assert f"[eval base, oracle, tiny] generate: 100%|██████████| {n}/{n}" in out.err
+    assert "[eval tiny] rerank: 100%|██████████| 2/2" in out.err  # only a model run scores
+
+
 def test_report_table_and_plot(data_dir, tmp_path, capsys):
     from raglign.cli import main
 

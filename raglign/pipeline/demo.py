@@ -177,7 +177,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     from raglign.data import convert
     from raglign.data.io import read_rows, write_rows
     from raglign.data.split import split_rows
-    from raglign.pipeline.evaluate import ORACLE_RERANKER, EvalConfig, evaluate
+    from raglign.pipeline.evaluate import ORACLE_RERANKER, EvalConfig, evaluate_many
     from raglign.pipeline.label import run_label
     from raglign.pipeline.mine import MineConfig, run_mine
     from raglign.pipeline.train import train
@@ -244,18 +244,18 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
 
         t = _stage(7, total, f"evaluate on {len(test_rows)} held-out questions")
         runs = (("base", cfg.reranker), *models.items(), (ORACLE_RERANKER, ORACLE_RERANKER))
-        resumed = all((out / "eval" / f"{name}.json").exists() for name, _ in runs)
-        reports = []
-        for name, model in runs:
-            path = out / "eval" / f"{name}.json"
-            if path.exists():
-                reports.append(json.loads(path.read_text()))
-                continue
-            reports.append(evaluate(EvalConfig(
-                data=str(test_dir), output=str(path), reranker=model, name=name,
+        paths = {name: out / "eval" / f"{name}.json" for name, _ in runs}
+        done = {name: json.loads(path.read_text()) for name, path in paths.items()
+                if path.exists()}
+        todo = [(name, model) for name, model in runs if name not in done]
+        resumed = not todo
+        if todo:  # one reranker pool and one reader pool for every run (evaluate_many)
+            done.update(zip([name for name, _ in todo], evaluate_many([EvalConfig(
+                data=str(test_dir), output=str(paths[name]), reranker=model, name=name,
                 reranker_kind=cfg.reranker_kind, k=cfg.k,
                 generator=cfg.generator if cfg.generate else None, actors=cfg.actors,
-                gpus_per_actor=cfg.gpus_per_actor, ray=cfg.ray)))
+                gpus_per_actor=cfg.gpus_per_actor, ray=cfg.ray) for name, model in todo])))
+        reports = [done[name] for name, _ in runs]
         _done(t, "done", resumed)
 
     print("\n" + write_comparison(out, reports, cfg))

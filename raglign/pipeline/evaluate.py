@@ -20,6 +20,7 @@ JSON, and a Markdown summary beside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -93,17 +94,24 @@ class EvalConfig(JobConfig):
 
 
 class _RerankActor:
-    """Ray Data callable class: scores each row's first k1 candidates with one reranker."""
+    """Ray Data callable class: scores each item's first k1 candidates with the item's reranker
+    (``reranker``, ``kind`` columns), loading each reranker once per actor: one pool serves every
+    run of :func:`evaluate_many`."""
 
-    def __init__(self, reranker: str, kind: str, k1: int):
-        from raglign.models.rerankers import load_reranker
-
-        self.model = load_reranker(reranker, kind=kind)
+    def __init__(self, k1: int):
         self.k1 = k1
+        self.models: dict[tuple[str, str], Any] = {}
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        scores = [rerank_scores(self.model, question, cands, self.k1)
-                  for question, cands in zip(batch["question"], batch["candidates"])]
+        from raglign.models.rerankers import load_reranker
+
+        scores = []
+        for question, cands, reranker, kind in zip(batch["question"], batch["candidates"],
+                                                   batch["reranker"], batch["kind"]):
+            key = (str(reranker), str(kind))
+            if key not in self.models:
+                self.models[key] = load_reranker(key[0], kind=key[1])
+            scores.append(rerank_scores(self.models[key], question, cands, self.k1))
         return {"id": list(batch["id"]), "rerank_scores": scores}
 
 
@@ -221,79 +229,133 @@ def default_category_key(rows: list[dict]) -> str | None:
 
 def evaluate(cfg: EvalConfig) -> dict[str, Any]:
     """Run the evaluation described by ``cfg``; returns (and writes) the aggregate report."""
+    return evaluate_many([cfg])[0]
+
+
+# What runs evaluated together must share: the rows, the reader and the pools.
+SHARED = ("data", "split", "limit", "k", "k1", "generator", "max_new_tokens", "actors",
+          "gpus_per_actor", "batch_size", "ray")
+
+
+def evaluate_many(cfgs: list[EvalConfig]) -> list[dict[str, Any]]:
+    """Several runs over the same rows (the demo's base, trained and oracle rankings) in one Ray
+    session; returns (and writes) each run's report, equal to its :func:`evaluate` alone.
+
+    Why together: each model stage is an actor pool whose start (a process, a model load) cost
+    12-26 s a run on 2 cores, more than the work itself. Here one reranker pool scores the rows
+    for every run that needs a model (each actor loads each reranker once), and one reader pool
+    answers every distinct prompt once: a (question, top-k documents in order) that two rankings
+    agree on is generated once, greedy decoding giving both the same answer.
+    """
     from raglign.evaluate.aggregate import aggregate
     from raglign.ray_session import ray_session
 
+    first = cfgs[0]
+    differ = [f for f in SHARED for c in cfgs[1:] if getattr(c, f) != getattr(first, f)]
+    if differ:
+        raise ConfigError(f"runs evaluated together must share {sorted(set(differ))}")
     t0 = time.time()
-    storage.check_output(storage.parent(cfg.output))
-    rows = read_rows(cfg.data)
-    if cfg.split:
-        rows = [r for r in rows if row_meta(r).get("split") == cfg.split]
-    rows = rows[: cfg.limit] if cfg.limit else rows
+    for cfg in cfgs:
+        storage.check_output(storage.parent(cfg.output))
+    rows = read_rows(first.data)
+    if first.split:
+        rows = [r for r in rows if row_meta(r).get("split") == first.split]
+    rows = rows[: first.limit] if first.limit else rows
     usable = [r for r in rows if r["candidates"]]
     rejected = len(rows) - len(usable)
     if not usable:
-        raise ConfigError(f"{cfg.data}: no rows with candidates to evaluate")
-    print(f"eval {cfg.run_name}: {len(usable)} rows ({rejected} without candidates skipped)",
-          flush=True)
-    if cfg.reranker_model or cfg.generator:
-        with ray_session(cfg.ray, log_dir=storage.parent(cfg.output)):
-            if cfg.reranker_model:
-                _attach(usable, _map(usable, _RerankActor, cfg, "rerank",
-                                     dict(reranker=cfg.reranker, kind=cfg.reranker_kind, k1=cfg.k1)))
-            for r in usable:
+        raise ConfigError(f"{first.data}: no rows with candidates to evaluate")
+    runs = [[dict(r) for r in usable] for _ in cfgs]
+    for cfg in cfgs:
+        print(f"eval {cfg.run_name}: {len(usable)} rows ({rejected} without candidates "
+              "skipped)", flush=True)
+    scored = [j for j, c in enumerate(cfgs) if c.reranker_model]
+    with (ray_session(first.ray, log_dir=storage.parent(first.output))
+          if scored or first.generator else contextlib.nullcontext()):
+        if scored:
+            items = [{**r, "id": _item_id(j, r["id"]), "reranker": cfgs[j].reranker,
+                      "kind": cfgs[j].reranker_kind} for j in scored for r in runs[j]]
+            names = ", ".join(cfgs[j].run_name for j in scored)
+            outputs = _map(items, _RerankActor, first, f"[eval {names}] rerank",
+                           dict(k1=first.k1), ["reranker", "kind"])
+            by_id = _by_id(items, outputs)
+            for j in scored:
+                for r in runs[j]:
+                    r["rerank_scores"] = list(by_id[_item_id(j, r["id"])]["rerank_scores"])
+        for cfg, run in zip(cfgs, runs):
+            for r in run:
                 r["ranking"] = _ranking(r, cfg)
-            if cfg.generator:
-                _attach(usable, _generate(usable, cfg))
-    else:
-        for r in usable:
-            r["ranking"] = _ranking(r, cfg)
-    per_row = [row_metrics(r, r["ranking"], cfg) for r in usable]
-    key = cfg.category_key or default_category_key(usable)
-    report = aggregate(per_row, usable, category_key=key, n_boot=cfg.n_boot)
-    gen = cfg.generator
-    report.update(name=cfg.run_name, data=cfg.data, reranker=cfg.reranker, rank_by=cfg.rank_by,
-                  generator=gen.name if gen else None,
-                  generator_backend=gen.backend if gen else None, k=cfg.k, k1=cfg.k1,
-                  rows_skipped_no_candidates=rejected, seconds=round(time.time() - t0, 1))
-    _write(report, usable, per_row, cfg)
-    return report
+        if first.generator:
+            prompts = {_prompt_id(r, first.k): r for run in runs for r in run}
+            items = [{**r, "id": key} for key, r in prompts.items()]
+            label = "[eval " + ", ".join(c.run_name for c in cfgs) + "] generate"
+            answers = _by_id(items, _generate(items, first, label))
+            for run in runs:
+                for r in run:
+                    r["prediction"] = answers[_prompt_id(r, first.k)]["prediction"]
+    seconds = round(time.time() - t0, 1)
+    reports = []
+    for cfg, run in zip(cfgs, runs):
+        per_row = [row_metrics(r, r["ranking"], cfg) for r in run]
+        key = cfg.category_key or default_category_key(run)
+        report = aggregate(per_row, run, category_key=key, n_boot=cfg.n_boot)
+        gen = cfg.generator
+        report.update(name=cfg.run_name, data=cfg.data, reranker=cfg.reranker,
+                      rank_by=cfg.rank_by, generator=gen.name if gen else None,
+                      generator_backend=gen.backend if gen else None, k=cfg.k, k1=cfg.k1,
+                      rows_skipped_no_candidates=rejected, seconds=seconds)
+        _write(report, run, per_row, cfg)
+        reports.append(report)
+    return reports
 
 
-def _map(rows: list[dict], actor: type, cfg: EvalConfig, stage: str,
-         kwargs: dict) -> list[dict]:
-    """Run one model stage over the rows as a Ray Data actor pool; returns its id-keyed outputs,
-    counted on the stage's progress bar. Calls are ``batch_size`` rows, fewer when that would
-    leave actors idle (two calls per actor at least; the models batch within a call)."""
+def _item_id(run: int, row_id: str) -> str:
+    """A pool item's id: the run's index and the row's id (rows repeat across runs)."""
+    return f"{run}\x1f{row_id}"
+
+
+def _prompt_id(row: dict, k: int) -> str:
+    """The reader's prompt of a row under its ranking: the question (by row id) and its top-k
+    candidates in order; two runs with the same id share the answer."""
+    return f"{row['id']}\x1f" + ",".join(map(str, list(row["ranking"])[:k]))
+
+
+def _map(items: list[dict], actor: type, cfg: EvalConfig, label: str, kwargs: dict,
+         extra: list[str] = ()) -> list[dict]:
+    """Run one model stage over the items as a Ray Data actor pool; returns its id-keyed
+    outputs, counted on the stage's progress bar. Calls are ``batch_size`` items, fewer when
+    that would leave actors idle (two calls per actor at least; the models batch within a
+    call)."""
     import ray
 
     from raglign.pipeline.shards import default_shard_rows
     from raglign.ray_session import actor_pool_map
 
-    columns = ["id", "question", "choices", "candidates"] + (["ranking"] if "ranking" in rows[0] else [])
-    items = [{k: r[k] for k in columns} for r in rows]
+    columns = ["id", "question", "choices", "candidates", *extra]
+    columns += ["ranking"] if "ranking" in items[0] else []
     gpus = {"num_gpus": cfg.gpus_per_actor} if cfg.gpus_per_actor else {}
-    ds = actor_pool_map(ray.data.from_items(items), actor, cfg.actors, cfg.ray,
-                        fn_constructor_kwargs=kwargs, batch_format="pandas",
-                        batch_size=default_shard_rows(len(rows), cfg.actors, cfg.batch_size),
+    ds = actor_pool_map(ray.data.from_items([{k: r[k] for k in columns} for r in items]), actor,
+                        cfg.actors, cfg.ray, fn_constructor_kwargs=kwargs,
+                        batch_format="pandas",
+                        batch_size=default_shard_rows(len(items), cfg.actors, cfg.batch_size),
                         **gpus)
-    return _collect(ds, len(rows), cfg, stage)
+    return _collect(ds, len(items), label)
 
 
-def _collect(ds, n: int, cfg: EvalConfig, stage: str) -> list[dict]:
+def _collect(ds, n: int, label: str) -> list[dict]:
     """The rows of a stage's Dataset, counted on the stage's progress bar."""
     from raglign.console import progress_bar
 
     outputs = []
-    with progress_bar(n, f"[eval {cfg.run_name}] {stage}") as bar:
+    with progress_bar(n, label) as bar:
         for row in ds.iter_rows():
             outputs.append(row)
             bar.update()
     return outputs
 
 
-def _generate(rows: list[dict], cfg: EvalConfig) -> list[dict]:
-    """``{id, prediction}`` per row from the generator on its backend: a transformers actor
+def _generate(items: list[dict], cfg: EvalConfig, label: str) -> list[dict]:
+    """``{id, prediction}`` per item from the generator on its backend: a transformers actor
     pool, or the spec's ``ray.data.llm`` processor (:mod:`raglign.pipeline.eval_reader`)."""
     import ray
 
@@ -301,25 +363,23 @@ def _generate(rows: list[dict], cfg: EvalConfig) -> list[dict]:
 
     spec = cfg.generator
     if spec.backend == "transformers":
-        return _map(rows, reader.GenerateActor, cfg, "generate",
+        return _map(items, reader.GenerateActor, cfg, label,
                     dict(generator=spec.model_dump(mode="json"), k=cfg.k,
                          max_new_tokens=cfg.max_new_tokens))
     stage = reader.reader_stage(spec, reader.qa_params(cfg.max_new_tokens))
-    ds = stage(ray.data.from_items(reader.request_rows(rows, cfg.k)))
-    return reader.finish(_collect(ds.select_columns(["id", "prediction"]), len(rows), cfg,
-                                  f"generate ({spec.backend})"))
+    ds = stage(ray.data.from_items(reader.request_rows(items, cfg.k)))
+    return reader.finish(_collect(ds.select_columns(["id", "prediction"]), len(items),
+                                  f"{label} ({spec.backend})"))
 
 
-def _attach(rows: list[dict], outputs: list[dict]) -> None:
-    """Copy each output's fields onto the row with the same id (every row must come back)."""
+def _by_id(items: list[dict], outputs: list[dict]) -> dict[str, dict]:
+    """The outputs by id; every item must come back."""
     by_id = {o["id"]: o for o in outputs}
-    missing = [r["id"] for r in rows if r["id"] not in by_id]
+    missing = [r["id"] for r in items if r["id"] not in by_id]
     if missing:
-        raise RuntimeError(f"{len(missing)} rows came back without results (first: {missing[0]})")
-    for r in rows:
-        for k, v in by_id[r["id"]].items():
-            if k != "id":
-                r[k] = list(v) if hasattr(v, "tolist") and not isinstance(v, str) else v
+        first = missing[0].replace(chr(31), " ")
+        raise RuntimeError(f"{len(missing)} rows came back without results (first: {first})")
+    return by_id
 
 
 def _write(report: dict, rows: list[dict], per_row: list[dict], cfg: EvalConfig) -> None:
