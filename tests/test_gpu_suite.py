@@ -149,3 +149,14 @@ def test_tiny_suite_labels_through_ray_data(tmp_path):
     assert m["ray_over_plain_incl_load"] == pytest.approx(
         m["ray_s"] / (4 / m["plain_rows_per_s"] + m["plain_load_s"]))
     assert result["parts"]["vllm"]["status"] == "skipped"
+
+
+def test_parts_past_the_budget_are_skipped_with_the_reason(tmp_path):
+    assert gs.main(["--tiny", "--parts", "engine", "label", "--budget-seconds", "0",
+                    "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "gpu_suite.json").read_text())
+    for name in ("engine", "label"):
+        assert result["parts"][name]["status"] == "skipped"
+        assert result["parts"][name]["reason"] == "the suite passed its 0 s budget before this part"
+    assert "| engine | skipped | the suite passed its 0 s budget" in (
+        tmp_path / "gpu_suite.md").read_text()
