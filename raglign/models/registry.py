@@ -26,7 +26,6 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from raglign import storage
 from raglign.errors import RaglignError
 
 
@@ -93,6 +92,10 @@ def resolve_model(name: str | os.PathLike) -> str:
     """A loadable local directory for ``name`` (converting GGUF once; a storage URI such as an
     exported model on ``s3://`` downloaded once, :func:`raglign.storage.local_copy`), or
     ``name`` as a hub id."""
+    # storage (pyarrow.fs) only when asked for a name: the rerankers, encoders and generators
+    # that import this module then run where pyarrow is not installed (benchmarks/gpu_suite.py).
+    from raglign import storage
+
     name = str(name)
     if storage.is_remote(name):
         return storage.local_copy(name)

@@ -7,7 +7,11 @@ whether it will train here (local mode) or only start workers.
 
 from __future__ import annotations
 
-from raglign.training_config import TrainConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the config (pydantic) only as a type: benchmarks/gpu_suite.py builds the
+    # reranker step from scorer_class and param_groups where pydantic is not installed.
+    from raglign.training_config import TrainConfig
 
 
 def scorer_class():
