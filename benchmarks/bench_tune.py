@@ -36,8 +36,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "jobs" / "tune_radio_alpha_hotpotqa.yaml"
+# cpu_bf16 auto: bf16 autocast where the CPU has native bf16, as the demo trains (2x faster steps
+# on an AVX-512-BF16 EPYC; fp32 elsewhere).
 LAPTOP = {"train.model": "minilm-l6", "train.kind": "bi", "train.use_gpu": False,
-          "train.max_length": 256, "train.batch_size": 8}
+          "train.max_length": 256, "train.batch_size": 8, "train.cpu_bf16": "auto"}
 
 
 def _job(labelled: str, output: Path, **sets):
