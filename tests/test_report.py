@@ -156,9 +156,15 @@ def test_demo_comparison_files(tmp_path, capsys):
     text = write_comparison(tmp_path, reports, DemoConfig(output=str(tmp_path), k=2))
     md = (tmp_path / "comparison.md").read_text()
     assert (tmp_path / "comparison.png").stat().st_size > 10_000
-    printed, pointer = text.split("\nPaired differences per metric")
-    assert "## Verdict" in printed and "## Differences" not in printed and str(tmp_path) in pointer
-    assert printed.split("## Verdict")[1] in md and printed.split("## Verdict")[0] in md
+    printed, pointer = text.split("\nEvery metric, paired differences and the plot")
+    assert "## Differences" not in printed and str(tmp_path) in pointer
+    # the terminal: the headline columns only, each run's cells as in the file, every verdict
+    lines = printed.splitlines()
+    assert "| run | n | recall@5 | mrr |" in lines
+    for row in (line for line in lines if line.startswith("| radio |")):
+        assert row.split(" | ")[2] in md and "recall@1" not in printed
+    verdicts = [line for line in lines if line.startswith("- **")]
+    assert len(verdicts) == 2 and all(v in md for v in verdicts)
     # radio puts both distractors first on every question: Recall@1 0 vs 1/2, Recall@5 equal,
     # MRR 1/3 vs 1, so every paired interval is a single point
     assert "| radio | -0.500 [-0.500, -0.500] p=0.00 | +0.000 [+0.000, +0.000] p=1.00 |" in md

@@ -71,9 +71,11 @@ def _cell(run: dict, col: str) -> str:
     return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
 
 
-def markdown_table(runs: list[dict]) -> str:
-    """One row per run, one column per metric (``value [95% CI]``)."""
+def markdown_table(runs: list[dict], columns: Sequence[str] | None = None) -> str:
+    """One row per run, one column per metric (``value [95% CI]``): every metric the runs
+    report, or those of ``columns`` they report."""
     cols = metric_columns(runs)
+    cols = cols if columns is None else [c for c in columns if c in cols]
     head = "| run | n | " + " | ".join(cols) + " |"
     sep = "|---|---:|" + "---:|" * len(cols)
     body = [f"| {r.get('name')} | {r.get('n')} | " + " | ".join(_cell(r, c) for c in cols) + " |"

@@ -266,9 +266,8 @@ def evaluate_many(cfgs: list[EvalConfig]) -> list[dict[str, Any]]:
     if not usable:
         raise ConfigError(f"{first.data}: no rows with candidates to evaluate")
     runs = [[dict(r) for r in usable] for _ in cfgs]
-    for cfg in cfgs:
-        print(f"eval {cfg.run_name}: {len(usable)} rows ({rejected} without candidates "
-              "skipped)", flush=True)
+    print(f"eval {', '.join(c.run_name for c in cfgs)}: {len(usable)} rows ({rejected} without "
+          "candidates skipped)", flush=True)
     scored = [j for j, c in enumerate(cfgs) if c.reranker_model]
     with (ray_session(first.ray, log_dir=storage.parent(first.output))
           if scored or first.generator else contextlib.nullcontext()):

@@ -244,19 +244,17 @@ def train(cfg: TrainConfig, *, callbacks: tuple = (), export: bool = True,
         export_model(cfg, choice.checkpoint, storage.join(out, "model"), model_card(
             cfg, provenance, table.num_rows, step, total, history, choice,
             validation.describe() if validation else None))
-    print(f"[raglign train] {choice.note}", flush=True)
     if local:  # the loop's own temporary directories, nothing of Ray's
         for kept in {result.checkpoint.path, best[0].path if best else None} - {None}:
             shutil.rmtree(kept, ignore_errors=True)
     freed = 0
     if not local and step >= total:
-        kept = [result.checkpoint, *(c for c, _ in result.best_checkpoints or [])]
-        freed = slim_checkpoints(kept)
-        if freed:
-            names = sorted({Path(c.path).name for c in kept})
-            print(f"[raglign train] finished: {freed / 2**20:.0f} MiB freed by removing the "
-                  f"optimizer and RNG state from {', '.join(names)} in "
-                  f"{cfg.storage}/{cfg.run_name} (their model weights stay)", flush=True)
+        # a finished run's checkpoints keep their model weights only (docs/training.md, Disk)
+        freed = slim_checkpoints([result.checkpoint, *(c for c, _ in result.best_checkpoints
+                                                        or [])])
+    slimmed = (f"; {freed / 2**20:.0f} MiB of optimizer/RNG state removed from its checkpoints"
+               if freed else "")
+    print(f"[raglign train] {choice.note}{slimmed}", flush=True)
     losses = [h["loss"] for h in history if "loss" in h]
     attribute = cfg.validation.score_attribute if cfg.validation else None
     if losses:
