@@ -17,7 +17,7 @@ with Ray's own logging set-up, not by filtering text:
   a detached actor that asks the State API every second whether the Train controller is alive
   and logs the WARNING "Failed to query Ray Train Controller actor state" (logger
   ``ray.train.v2._internal.execution.controller.placement_group_cleaner``) each time it cannot
-  -- always, on a local Ray without the dashboard, which serves that API.
+  -- always, on a local Ray without the dashboard, which serves that API (``state_api``).
 
 One line escapes: the error Ray core's C++ logger writes to the driver's stderr once per job
 whose actor pools may restart (:func:`actor_pool_map`).
@@ -48,8 +48,16 @@ def _quiet_env() -> None:
 
 @contextlib.contextmanager
 def ray_session(config: RayConfig | None = None, *, address: str | None = None,
-                log_dir: str | os.PathLike | None = None) -> Iterator[dict]:
+                log_dir: str | os.PathLike | None = None,
+                state_api: bool = False) -> Iterator[dict]:
     """Yield Ray's cluster resources inside an initialised Ray; shut down only what we started.
+
+    ``state_api``: the local Ray also starts its dashboard (on loopback), which serves Ray's
+    State API. Jobs that stop Ray Train runs from outside need it: when Tune stops a trial
+    (ASHA), the trial's Train controller dies with it, and only Train V2's
+    ``PlacementGroupCleaner`` frees the Train workers' placement group -- after asking the State
+    API whether the controller is gone. Without it the group stays reserved to the end of the
+    job: an ASHA sweep on 2 CPUs deadlocked after two stopped trials.
 
     ``address`` (or ``config.address``, or ``$RAY_ADDRESS``) connects to an existing cluster;
     otherwise a local Ray is started with its own temp dir under the system temp directory.
@@ -79,7 +87,8 @@ def ray_session(config: RayConfig | None = None, *, address: str | None = None,
         else:
             ray.init(num_cpus=config.num_cpus, num_gpus=config.num_gpus,
                      object_store_memory=config.object_store_memory_mb * 1024 * 1024,
-                     _temp_dir=tmp, include_dashboard=False)
+                     _temp_dir=tmp, include_dashboard=state_api,
+                     **({"dashboard_host": "127.0.0.1"} if state_api else {}))
         if quiet:  # kept until after the shutdown below, which forwards the last lines
             stack.enter_context(worker_output_to(handler))
         stack.callback(ray.shutdown)

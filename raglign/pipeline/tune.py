@@ -182,7 +182,8 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
     if cfg.mine is not None and not any(k.startswith("mine.") for k in cfg.param_space):
         mine_once(cfg, {}, progress)  # nothing of mining swept: once, before any trial
     started = time.perf_counter()
-    with ray_session(cfg.ray, log_dir=out):
+    # the State API: a trial the scheduler stops must give its Train workers' CPUs back
+    with ray_session(cfg.ray, log_dir=out, state_api=True):
         import ray
         from ray import tune
 
