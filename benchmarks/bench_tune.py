@@ -49,12 +49,21 @@ def _job(labelled: str, output: Path, **sets):
                                        "output": str(output), **sets})
 
 
-def _sweep(job) -> tuple[dict, float]:
+def _sweep(job, record: Path | None = None) -> tuple[dict, float]:
+    """Run the sweep; with ``record``, keep its summary and wall time there, and take them from
+    there when an earlier run of this script finished it (a resumed finished sweep would time
+    nothing)."""
     from raglign.pipeline.tune import run_tune
 
+    if record is not None and record.exists():
+        saved = json.loads(record.read_text())
+        return saved["summary"], saved["wall_s"]
     start = time.perf_counter()
     summary = run_tune(job)
-    return summary, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    if record is not None:
+        record.write_text(json.dumps({"summary": summary, "wall_s": wall}, default=str))
+    return summary, wall
 
 
 def _best_rows(job, out: Path, scratch: Path) -> list[float]:
@@ -136,7 +145,7 @@ def main() -> None:
                                 ("asha", {"name": "asha", "grace_period": 1,
                                           "reduction_factor": 2})):
             job = _job(labelled, out / name, scheduler=scheduler, **space)
-            summary, wall = _sweep(job)
+            summary, wall = _sweep(job, out / f"{name}_sweep.json")
             per_question = _best_rows(job, out / name, out / f"{name}_eval")
             compared[name] = {"wall_s": round(wall, 1), "best_val_mrr": summary["best_value"],
                               "eval_mrr": statistics.fmean(per_question),
