@@ -237,6 +237,8 @@ def test_cross_encoder_infonce_learns_and_exports_a_sentence_transformers_model(
     assert all(h["pairs_per_s"] > 0 for h in history) and history[-1]["lr"] == 0.0
     times = [h["wall_time"] for h in history]  # the window ends' clock, strictly increasing
     assert all(a < b for a, b in zip(times, times[1:])) and abs(times[-1] - time.time()) < 600
+    cpu = [h["cpu_time"] for h in history]  # this process's CPU seconds (local mode)
+    assert all(a < b for a, b in zip(cpu, cpu[1:])) and cpu[-1] <= time.process_time()
 
     model = CrossEncoder(str(result.model_dir))
     # CrossEncoder.predict applies a sigmoid, a monotone map: identity keeps the logits
