@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +235,10 @@ def test_cross_encoder_infonce_learns_and_exports_a_sentence_transformers_model(
     assert [h["step"] for h in history] == list(range(2, 17, 2))
     assert history[0]["loss"] > 1.8 and history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert all(h["pairs_per_s"] > 0 for h in history) and history[-1]["lr"] == 0.0
+    times = [h["wall_time"] for h in history]  # the window ends' clock, strictly increasing
+    assert all(a < b for a, b in zip(times, times[1:])) and abs(times[-1] - time.time()) < 600
+    cpu = [h["cpu_time"] for h in history]  # this process's CPU seconds (local mode)
+    assert all(a < b for a, b in zip(cpu, cpu[1:])) and cpu[-1] <= time.process_time()
 
     model = CrossEncoder(str(result.model_dir))
     # CrossEncoder.predict applies a sigmoid, a monotone map: identity keeps the logits

@@ -212,6 +212,11 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         metrics = {"step": step, "epoch": round(step / steps_per_epoch, 4),
                    "loss": stats[0].item() / (window_steps * world),
                    "lr": scheduler.get_last_lr()[0], "pairs_per_s": stats[1].item() / elapsed,
+                   # Rank 0's clocks at the window's end: differences between lines time a run
+                   # including what falls between windows (reports, checkpoints), which
+                   # pairs_per_s leaves out; CPU over wall is the share of a core the worker got
+                   # (on a shared machine, what throughput is measured against).
+                   "wall_time": time.time(), "cpu_time": time.process_time(),
                    "total_steps": total,
                    **{k: round(v, 1) for k, v in zip(memory, peaks.tolist())},
                    **{k: v / world for k, v in zip(means, mean_values.tolist())}}
