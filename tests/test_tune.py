@@ -360,3 +360,65 @@ def test_a_sweep_whose_trials_all_failed_reports_them_without_a_best(tmp_path, l
     report = (out / "report.md").read_text()
     assert "2 failed" in report and "No trial reported val_mrr" in report
     assert ".png" not in report
+
+
+STATE_API_PROBE = """
+import ray
+from raglign.config import RayConfig
+from raglign.ray_session import ray_session
+
+
+@ray.remote(num_cpus=0)
+def ask(actor_id):
+    # what Train V2's PlacementGroupCleaner asks, from inside the cluster as it does
+    from ray.train.v2._internal.state.util import is_actor_alive
+    from ray.util.state.exception import RayStateApiException
+
+    try:
+        return "ok" if is_actor_alive(actor_id, timeout=30) else "dead"
+    except RayStateApiException:
+        return "missing"
+
+
+with ray_session(RayConfig(num_cpus=1), state_api={flag}):
+    actor = ray.remote(num_cpus=0)(type("A", (), {{"f": lambda self: 1}})).remote()
+    ray.get(actor.f.remote())
+    print("STATE_API", ray.get(ask.remote(actor._actor_id.hex())))
+"""
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_the_sweeps_ray_serves_the_state_api_that_frees_stopped_trials(flag, tmp_path):
+    """Train V2's PlacementGroupCleaner frees a stopped trial's workers' placement group only
+    after the State API says its controller is gone; a local Ray serves that API only with
+    ``state_api`` (its dashboard), which ``raglign tune`` asks for (without it an ASHA sweep on
+    2 CPUs deadlocked after two stopped trials, docs/benchmarks.md "Ray Tune sweeps")."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", STATE_API_PROBE.format(flag=flag)], cwd=tmp_path,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("STATE_API ok" if flag else "STATE_API missing") in proc.stdout, proc.stdout
+
+
+def test_raglign_tune_asks_for_the_state_api(monkeypatch, tmp_path, labelled, tiny_bert_dir):
+    import contextlib
+
+    import raglign.ray_session
+    from raglign.pipeline.tune import run_tune
+
+    asked = {}
+
+    @contextlib.contextmanager
+    def spy(config=None, **kw):
+        asked.update(kw)
+        raise RuntimeError("stop before any trial")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(raglign.ray_session, "ray_session", spy)
+    with pytest.raises(RuntimeError, match="stop before any trial"):
+        run_tune(_job(tmp_path, tiny_bert_dir, labelled))
+    assert asked.get("state_api") is True
