@@ -1,16 +1,16 @@
-"""Storage URIs against a real S3-compatible server (moto's, started here on loopback):
-convert → label → mine → train → eval from ``s3://`` in to ``s3://`` out gives the rows and
-metrics of the same pipeline on local paths; a label job killed after its first shard commit and
+"""Storage URIs against real S3 and GCS servers (moto's and fake-gcs-server, started here on
+loopback): convert → label → mine → train → eval from ``s3://`` (``gs://``) in to ``s3://``
+(``gs://``) out gives the rows and metrics of the same pipeline on local paths; a label job killed after its first shard commit and
 re-run on S3 ends with exactly the uninterrupted rows; bad storage input fails before any work,
 naming the URI; a `raglign tune` sweep from ``s3://`` labels to an ``s3://`` output mines once
 per configuration and resumes from the URI; the demo runs and resumes on ``s3://``, and its
-comparison and `raglign report` write there; no credential reaches a log, an error or an
-output. ``gs://`` is checked for resolution only (no GCS server runs offline).
+comparison and `raglign report` write there; a ``gs://`` URI's options reach pyarrow
+unchanged; no credential reaches a log, an error or an output.
 
 The endpoint and credentials reach raglign only through the standard environment variables,
 set when this module is imported, i.e. before the session's Ray starts, so its worker
-processes (label and eval actors) resolve ``s3://`` exactly as a cluster node configured with
-those variables would.
+processes (label and eval actors) resolve ``s3://`` and ``gs://`` exactly as a cluster node
+configured with those variables would.
 """
 
 from __future__ import annotations
