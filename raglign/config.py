@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from raglign.errors import ConfigError, did_you_mean
+from raglign import storage
+from raglign.errors import ConfigError, MissingInputError, did_you_mean
 
 
 class StrictModel(BaseModel):
@@ -136,11 +137,12 @@ def validate(cls: type[C], data: dict[str, Any], source: str = "<config>") -> C:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML mapping from ``path``, with a clear error for missing files and bad YAML."""
-    path = Path(path)
+    """A YAML mapping from ``path`` (a file or a storage URI, e.g. the ``best_train.yaml`` a
+    sweep wrote to ``s3://``), with a clear error for missing files and bad YAML."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
+        data = yaml.safe_load(storage.read_text(path) if storage.is_remote(path)
+                              else Path(path).read_text())
+    except (FileNotFoundError, MissingInputError):
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None

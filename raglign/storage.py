@@ -79,9 +79,27 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return "/".join([path.rstrip("/"), *(p.strip("/") for p in parts)]) + query
 
 
+def to_uri(fs_path: str, like: str | os.PathLike) -> str:
+    """A path within the filesystem of ``like`` (what Ray reports for a checkpoint on
+    ``s3://``: ``bucket/key``, no scheme) as a URI readers can open: ``like``'s scheme and
+    ``?options`` around it; a local path unchanged."""
+    s = str(like)
+    if not is_remote(s):
+        return fs_path
+    base, query = _split(s)
+    return f"{urlsplit(base).scheme}://{fs_path.lstrip('/')}{query}"
+
+
 def name(path: str | os.PathLike) -> str:
     """The last component of a path or URI."""
     return _split(str(path))[0].rstrip("/").rsplit("/", 1)[-1]
+
+
+def with_suffix(path: str | os.PathLike, suffix: str) -> str:
+    """``path`` with its extension replaced by ``suffix`` (``x.json`` -> ``x.rows.parquet``);
+    a URI's ``?options`` stay at the end (and their dots are not taken for an extension)."""
+    base, query = _split(str(path))
+    return os.path.splitext(base)[0] + suffix + query
 
 
 def parent(path: str | os.PathLike) -> str:

@@ -33,17 +33,21 @@ from test_train_validation import _canonical
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def labelled(tmp_path_factory) -> str:
+def labelled_rows(n: int = 64) -> list[dict]:
     """Labelled rows as `raglign label` writes them: candidates with a signal and a score."""
     rng = random.Random(3)
-    rows = _canonical("q", 64, 0)
+    rows = _canonical("q", n, 0)
     for row in rows:
         for c in row["candidates"]:
             c["score"] = rng.uniform(0, 1)
             c["answer_logprob"] = (-0.5 if c["is_gold"] else -4.0) + rng.uniform(-0.2, 0.2)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("labelled")
-    write_rows(rows, path)
+    write_rows(labelled_rows(), path)
     return str(path)
 
 
@@ -227,6 +231,42 @@ def test_a_sweep_mines_each_configuration_once_and_its_numbers_are_raglign_evals
                                  reranker=str(tmp_path / "best_model"), reranker_kind="cross"))
     assert report["mrr"] == pytest.approx(best["value"], abs=1e-12)
     assert load_reranker(str(tmp_path / "best_model"), kind="cross").kind == "cross"
+
+
+def test_the_miner_mines_each_configuration_once_however_many_trials_ask_at_once(
+        tmp_path, labelled, monkeypatch):
+    """Six trials asking at once for two mining configurations: two mine runs, each trial
+    gets its configuration's directory, and a configuration whose ``_summary.json`` is there
+    (a finished directory of a killed sweep) is not mined again."""
+    import threading
+    import time
+
+    from raglign import storage
+    from raglign.pipeline import mine as mine_module
+    from raglign.pipeline.tune import Miner
+
+    runs = []
+
+    def fake_run_mine(cfg, progress=print):  # slow enough for the trials to overlap
+        runs.append(cfg.alpha)
+        time.sleep(0.3)
+        storage.write_json(storage.join(cfg.output, "_summary.json"), {"alpha": cfg.alpha})
+
+    monkeypatch.setattr(mine_module, "run_mine", fake_run_mine)
+    job = _job(tmp_path, "minilm-l6", labelled).resolved()
+    miner = Miner(job.model_dump(mode="json"))
+    got = {}
+    asks = [threading.Thread(target=lambda i=i: got.__setitem__(
+        i, miner.mine({"mine.alpha": float(i % 2)}))) for i in range(6)]
+    for t in asks:
+        t.start()
+    for t in asks:
+        t.join()
+    assert sorted(runs) == [0.0, 1.0]
+    assert len({got[i] for i in range(0, 6, 2)}) == len({got[i] for i in range(1, 6, 2)}) == 1
+    assert json.loads(Path(got[1], "_summary.json").read_text()) == {"alpha": 1.0}
+    assert Miner(job.model_dump(mode="json")).mine({"mine.alpha": 0.0}) == got[0]
+    assert len(runs) == 2
 
 
 def test_asha_judges_trials_by_validation_rounds(tmp_path, labelled):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from raglign import storage
 from raglign.cli.recipe import add_generator_args, add_recipe_args, job_config
 
 
@@ -20,11 +19,11 @@ def _report(args) -> int:
     runs = load_runs(args.runs)
     table = markdown_table(runs)
     print(table)
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        png = bar_plot(runs, out.with_suffix(".png"))
-        out.write_text(f"# raglign comparison\n\n{table}\n\n![runs]({png.name})\n")
+    if args.output:  # a file or a storage URI; the plot goes beside it
+        out = args.output
+        png = bar_plot(runs, storage.with_suffix(out, ".png"))
+        storage.write_text(out, f"# raglign comparison\n\n{table}\n\n"
+                                f"![runs]({storage.name(png)})\n")
         print(f"wrote {out} and {png}")
     return 0
 

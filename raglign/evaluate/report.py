@@ -10,6 +10,7 @@ noise, and :func:`verdict` turns the headline metrics' intervals into better / o
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -86,7 +87,7 @@ def markdown_table(runs: list[dict], columns: Sequence[str] | None = None) -> st
 def per_row_metrics(report_path: str | Path) -> list[dict[str, Any]]:
     """The per-row metrics of one ``raglign eval`` run (the ``.rows.parquet`` beside its JSON),
     sorted by row id so that two runs over the same questions pair up row by row."""
-    path = os.path.splitext(str(report_path))[0] + ".rows.parquet"
+    path = storage.with_suffix(report_path, ".rows.parquet")
     if not storage.is_file(path):
         raise DataError(path, None, None, "no such file; raglign eval writes the per-row "
                         "metrics beside its report and paired differences need them")
@@ -327,13 +328,13 @@ def comparison_figure(runs: Sequence[Mapping], metrics: Sequence[str] | None = N
 
 
 def bar_plot(runs: list[dict], path: str | Path, metrics: list[str] | None = None,
-             diffs: Mapping[str, Mapping[str, Mapping]] | None = None) -> Path:
-    """:func:`comparison_figure` saved as a PNG at ``path``."""
+             diffs: Mapping[str, Mapping[str, Mapping]] | None = None) -> str:
+    """:func:`comparison_figure` saved as a PNG at ``path`` (a file or a storage URI);
+    returns ``path``."""
     fig = comparison_figure(runs, metrics, diffs)  # selects the Agg backend first
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return storage.write_bytes(path, png.getvalue())

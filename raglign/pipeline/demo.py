@@ -22,7 +22,6 @@ All stages share one Ray session: a private local Ray unless ``ray.address`` nam
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from raglign import storage
 from raglign.config import JobConfig, StrictModel
 from raglign.models.generator_spec import GeneratorSpec
 
@@ -68,7 +68,7 @@ class DemoConfig(JobConfig):
     job: Literal["demo"] = "demo"
     input: str = Field(default_factory=default_hotpotqa)
     format: str = "hotpotqa"
-    output: str = "runs/demo"
+    output: str = "runs/demo"  # a directory or a storage URI (s3://, gs://)
     # The reader that labels and answers: any backend (a hub id on vllm on GPUs, say); the
     # labels' PDist scores use context concat there, the parallel-prefill engine being
     # transformers-only.
@@ -122,7 +122,7 @@ def retrieval_order(rows: list[dict], reranker_name: str, kind: str) -> list[dic
     return out
 
 
-def write_comparison(out: Path, reports: list[dict], cfg: DemoConfig) -> str:
+def write_comparison(out: str | Path, reports: list[dict], cfg: DemoConfig) -> str:
     """Write ``comparison.md`` and ``comparison.png`` for the eval runs under ``out/eval`` (base
     first, oracle last) and return the part to print (the differences table stays in the file).
 
@@ -135,11 +135,13 @@ def write_comparison(out: Path, reports: list[dict], cfg: DemoConfig) -> str:
                                          per_row_metrics, verdict_line)
     from raglign.pipeline.evaluate import ORACLE_RERANKER
 
-    per_row = [per_row_metrics(out / "eval" / f"{r['name']}.json") for r in reports]
+    out = str(out)  # a directory or a storage URI
+    per_row = [per_row_metrics(storage.join(out, "eval", f"{r['name']}.json")) for r in reports]
     diffs = paired_differences(reports, per_row)
     verdicts = [headroom_line(name, d, HEADLINE) if name == ORACLE_RERANKER
                 else verdict_line(name, d, HEADLINE) for name, d in diffs.items()]
-    bar_plot(reports, out / "comparison.png", diffs=diffs)
+    png = bar_plot(reports, storage.join(out, "comparison.png"), diffs=diffs)
+    md = storage.join(out, "comparison.md")
     header = (f"Held-out questions: {reports[0]['n']}; generator {cfg.generator.name}; top-{cfg.k} "
               f"documents to the generator.\n\n")
     runs = ("## Runs\n\nMean [95% bootstrap CI]. `base` is the untrained reranker and each "
@@ -154,8 +156,8 @@ def write_comparison(out: Path, reports: list[dict], cfg: DemoConfig) -> str:
     verdict = (f"## Verdict\n\nJudged on the paired intervals of {' and '.join(HEADLINE)}: "
                "better (worse) when one lies above (below) 0 and none on the other side, on par "
                "when all include 0.\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
-    (out / "comparison.md").write_text(f"# raglign demo\n\n{header}{runs}{differences}"
-                                       f"{verdict}\n![comparison](comparison.png)\n")
+    storage.write_text(md, f"# raglign demo\n\n{header}{runs}{differences}"
+                           f"{verdict}\n![comparison](comparison.png)\n")
     # The terminal gets the headline columns and the verdict in one screen (a whole demo stays
     # under 60 terminal lines); every metric, the per-metric differences and the plot are in
     # the file.
@@ -163,11 +165,10 @@ def write_comparison(out: Path, reports: list[dict], cfg: DemoConfig) -> str:
                 "first (the ceiling).\n\n"
                 f"{markdown_table(reports, (*reversed(HEADLINE), *TERMINAL_READER))}\n\n"
                 + "\n".join(f"- {v}" for v in verdicts) + "\n")
-    return (f"{terminal}\nEvery metric, paired differences and the plot: "
-            f"{out / 'comparison.md'}, {out / 'comparison.png'}\n")
+    return f"{terminal}\nEvery metric, paired differences and the plot: {md}, {png}\n"
 
 
-def label_config(cfg: DemoConfig, train_dir: Path, labelled: Path):
+def label_config(cfg: DemoConfig, train_dir: str, labelled: str):
     """Stage 4's label job: RADIO's rationales and PDist's log-likelihoods of the training
     questions. Off the transformers backend PDist scores with ``context: concat`` (the
     parallel-prefill engine is transformers-only; one document per score reads the same)."""
@@ -175,7 +176,7 @@ def label_config(cfg: DemoConfig, train_dir: Path, labelled: Path):
 
     context = {} if cfg.generator.backend == "transformers" else {"context": "concat"}
     return LabelConfig(
-        input=str(train_dir), output=str(labelled), generator=cfg.generator, encoder=cfg.encoder,
+        input=train_dir, output=labelled, generator=cfg.generator, encoder=cfg.encoder,
         signals=["rationale_score", "answer_logprob"],
         rationale={"max_new_tokens": cfg.rationale_max_new_tokens}, actors=cfg.actors,
         cpus_per_actor=1, gpus_per_actor=cfg.gpus_per_actor, ray=cfg.ray, **context)
@@ -193,22 +194,24 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
     from raglign.ray_session import ray_session
     from raglign.training_config import TrainConfig
 
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_config.json").write_text(cfg.model_dump_json(indent=2))
+    out = cfg.output  # a directory or a storage URI: every stage reads and writes through it
+    j = lambda *parts: storage.join(out, *parts)  # noqa: E731
+    storage.check_output(out)
+    storage.makedirs(out)
+    storage.write_text(j("demo_config.json"), cfg.model_dump_json(indent=2))
     total, started = 7, time.monotonic()
-    canonical, retrieved = out / "canonical", out / "retrieved"
-    train_dir, test_dir = out / "split" / "train", out / "split" / "test"
+    canonical, retrieved = j("canonical"), j("retrieved")
+    train_dir, test_dir = j("split", "train"), j("split", "test")
 
     with ray_session(cfg.ray, log_dir=out):
         t = _stage(1, total, f"convert {cfg.input} ({cfg.format})")
-        resumed = (canonical / "_summary.json").exists()
+        resumed = storage.is_file(storage.join(canonical, "_summary.json"))
         if not resumed:
             convert(cfg.format, cfg.input, canonical, limit=cfg.limit)
         _done(t, f"{len(read_rows(canonical))} questions -> {canonical}", resumed)
 
         t = _stage(2, total, f"order candidates by the base retriever {cfg.reranker} ({cfg.reranker_kind})")
-        resumed = retrieved.exists()
+        resumed = storage.exists(retrieved)
         if not resumed:
             write_rows(retrieval_order(read_rows(canonical), cfg.reranker, cfg.reranker_kind),
                        retrieved)
@@ -216,7 +219,7 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
 
         t = _stage(3, total, f"split train/test (test fraction {cfg.test_fraction}, seed {cfg.split_seed})")
         train_rows, test_rows = split_rows(read_rows(retrieved), cfg.test_fraction, cfg.split_seed)
-        resumed = train_dir.exists()
+        resumed = storage.exists(train_dir)
         if not resumed:
             write_rows(train_rows, train_dir)
             write_rows(test_rows, test_dir)
@@ -224,28 +227,27 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
 
         t = _stage(4, total, f"label training questions with RADIO + PDist using "
                            f"{cfg.generator.name} ({cfg.generator.backend})")
-        labelled = out / "labelled"
-        resumed = (labelled / "_summary.json").exists()  # written once every shard is committed
+        labelled = j("labelled")
+        # _summary.json is written once every shard is committed
+        resumed = storage.is_file(storage.join(labelled, "_summary.json"))
         if not resumed:
             run_label(label_config(cfg, train_dir, labelled))
         _done(t, f"-> {labelled}", resumed)
 
         t = _stage(5, total, "mine RADIO groups (top-k shifted by 3) and PDist targets")
-        mined = {"radio": out / "mined" / "radio", "pdist": out / "mined" / "pdist"}
-        run_mine(MineConfig(input=str(labelled), output=str(mined["radio"]),
-                            signal="rationale_score"))
-        run_mine(MineConfig(input=str(labelled), output=str(mined["pdist"]), targets="pdist",
+        mined = {"radio": j("mined", "radio"), "pdist": j("mined", "pdist")}
+        run_mine(MineConfig(input=labelled, output=mined["radio"], signal="rationale_score"))
+        run_mine(MineConfig(input=labelled, output=mined["pdist"], targets="pdist",
                             temperature=cfg.pdist_temperature))
         _done(t, "groups and targets written")
 
         t = _stage(6, total, "train rerankers with Ray Train (RADIO: InfoNCE, PDist: KL)")
-        models = {method: str(out / "train" / method / "model") for method in ("radio", "pdist")}
-        resumed = all(Path(model).exists() for model in models.values())
+        models = {method: j("train", method, "model") for method in ("radio", "pdist")}
+        resumed = all(storage.exists(model) for model in models.values())
         for method, objective in (("radio", "infonce"), ("pdist", "kl")):
-            run_dir = out / "train" / method
-            if not (run_dir / "model").exists():
+            if not storage.exists(models[method]):
                 train(TrainConfig(
-                    data=str(mined[method]), output=str(run_dir), model=cfg.reranker,
+                    data=mined[method], output=j("train", method), model=cfg.reranker,
                     kind=cfg.reranker_kind, objective=objective, run_name=f"demo-{method}",
                     ray=cfg.ray,
                     **cfg.training.model_dump()))
@@ -253,14 +255,14 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
 
         t = _stage(7, total, f"evaluate on {len(test_rows)} held-out questions")
         runs = (("base", cfg.reranker), *models.items(), (ORACLE_RERANKER, ORACLE_RERANKER))
-        paths = {name: out / "eval" / f"{name}.json" for name, _ in runs}
-        done = {name: json.loads(path.read_text()) for name, path in paths.items()
-                if path.exists()}
+        paths = {name: j("eval", f"{name}.json") for name, _ in runs}
+        done = {name: storage.read_json(path) for name, path in paths.items()
+                if storage.is_file(path)}
         todo = [(name, model) for name, model in runs if name not in done]
         resumed = not todo
         if todo:  # one reranker pool and one reader pool for every run (evaluate_many)
             done.update(zip([name for name, _ in todo], evaluate_many([EvalConfig(
-                data=str(test_dir), output=str(paths[name]), reranker=model, name=name,
+                data=test_dir, output=paths[name], reranker=model, name=name,
                 reranker_kind=cfg.reranker_kind, k=cfg.k,
                 generator=cfg.generator if cfg.generate else None, actors=cfg.actors,
                 gpus_per_actor=cfg.gpus_per_actor, ray=cfg.ray) for name, model in todo])))
@@ -269,5 +271,5 @@ def run_demo(cfg: DemoConfig) -> list[dict]:
 
     print("\n" + write_comparison(out, reports, cfg))
     print(f"\n[demo] finished in {(time.monotonic() - started) / 60:.1f} min; "
-          f"report: {out / 'comparison.md'}")
+          f"report: {j('comparison.md')}")
     return reports

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from typing import Any, Literal
 
@@ -387,7 +386,6 @@ def _write(report: dict, rows: list[dict], per_row: list[dict], cfg: EvalConfig)
     from raglign.evaluate.report import markdown_table
 
     out = cfg.output  # a path or storage URI; the two side files sit beside it
-    stem = os.path.splitext(out)[0]
     storage.write_text(out, json.dumps(report, indent=2, default=float))
     detail = []
     for r, m in zip(rows, per_row):
@@ -400,8 +398,8 @@ def _write(report: dict, rows: list[dict], per_row: list[dict], cfg: EvalConfig)
 
     from raglign.data.io import write_table_atomic
 
-    write_table_atomic(pa.Table.from_pylist(detail), stem + ".rows.parquet")
-    storage.write_text(stem + ".md", markdown_table([report]) + "\n")
+    write_table_atomic(pa.Table.from_pylist(detail), storage.with_suffix(out, ".rows.parquet"))
+    storage.write_text(storage.with_suffix(out, ".md"), markdown_table([report]) + "\n")
     print(f"eval {cfg.run_name}: " + ", ".join(
         f"{k}={report[k]:.3f}" for k in ("recall@5", "ndcg@5", "mrr", "em", "f1", "accuracy")
         if isinstance(report.get(k), float)) + f" -> {out}", flush=True)

@@ -9,11 +9,23 @@ under ``<storage>/train``, so a restarted trial (``max_failures``, or a re-run a
 died) resumes its own checkpoints; Train workers fail over inside a trial by the recipe's own
 ``max_failures``.
 
+``output`` and ``storage_path`` are directories or storage URIs (``s3://``, ``gs://``):
+everything the sweep writes -- Tune's experiment, the trials' Train runs, the mined data, the
+report -- goes through :mod:`raglign.storage` or Ray's own pyarrow filesystems, and a re-run
+resumes from whatever ``output`` holds.
+
 The LLM labels are an input, never recomputed: a trial reads the mined Parquet, or mines it
 from the labelled rows when a mining setting is swept. Mining of one configuration happens
-once: its output directory is named by a hash of the mine recipe and written under a file lock
-by the first trial that needs it (``filelock``; on a cluster ``output`` must be shared storage
-that honours it, e.g. NFS). A mine step with nothing swept runs here, before any trial.
+once: its output directory is named by a hash of the mine recipe (``OUTPUT/mined/<hash>``) and
+is mined by :class:`Miner`, one actor of the sweep that every trial asks for its data. The
+actor holds a lock per configuration, so the first trial to ask has it mined and the others
+wait for it and read it; a finished directory is recognised by its ``_summary.json``, which
+``raglign mine`` writes last. Why an actor and not a file lock: an object store has no lock
+and no atomic create-if-absent through pyarrow, and a file lock on a local disk only orders
+the trials of one node; the actor orders every trial of the sweep on any node and any storage.
+It lives as long as the driver: a killed sweep's half-mined directory (no ``_summary.json``)
+is mined again, from the start, when the re-run's first trial asks for it. A mine step with
+nothing swept runs here, before any trial.
 
 Each trial's driver reserves ``driver_cpus`` (default 0: it only starts and watches its Train
 workers) and 512 MiB of memory, so the number of trials at once follows the workers'
@@ -26,12 +38,15 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from raglign import console
-from raglign.config import dump_yaml, read_yaml
+import yaml
+
+from raglign import console, storage
+from raglign.config import dump_yaml
 from raglign.data.io import parquet_files
 from raglign.errors import ConfigError
 from raglign.pipeline.tune_config import Space, TuneJobConfig
@@ -62,40 +77,73 @@ def mining_key(mine_cfg) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def mined_dir(cfg: TuneJobConfig, values: dict[str, Any]) -> Path | None:
+def mined_dir(cfg: TuneJobConfig, values: dict[str, Any]) -> str | None:
     """Where the data of a trial with ``values`` is mined: one directory per mining
     configuration, named by what it computes, so trials that differ only in training settings
     share it (None without a mine step)."""
     if cfg.mine is None:
         return None
-    return Path(cfg.output) / "mined" / mining_key(cfg.recipes(values)[1])
+    return storage.join(cfg.output, "mined", mining_key(cfg.recipes(values)[1]))
 
 
-def mine_once(cfg: TuneJobConfig, values: dict[str, Any], progress=print) -> Path:
-    """The mined directory of ``values``, mined by whoever gets there first; ``_summary.json``
-    is written last, so its presence means the directory is complete."""
-    from filelock import FileLock
-
+def mine_if_absent(cfg: TuneJobConfig, values: dict[str, Any], progress=print) -> str:
+    """The mined directory of ``values``, mined unless its ``_summary.json`` (written last)
+    says it is complete. Not safe against a concurrent call for the same configuration: the
+    sweep's :class:`Miner` orders those."""
     from raglign.pipeline.mine import run_mine
 
     out = mined_dir(cfg, values)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if not (out / "_summary.json").exists():
-            run_mine(cfg.recipes(values)[1].model_copy(update={"output": str(out)}),
-                     progress=progress)
+    if not storage.is_file(storage.join(out, "_summary.json")):
+        run_mine(cfg.recipes(values)[1].model_copy(update={"output": out}), progress=progress)
     return out
 
 
-def storage(cfg: TuneJobConfig) -> str:
-    return cfg.storage_path or str(Path(cfg.output).resolve() / "ray")
+class Miner:
+    """The sweep's one mining actor (module docstring): ``mine`` returns the mined directory
+    of a trial's values, mining each configuration once however many trials ask at once.
+
+    A threaded actor: each waiting trial holds one of its threads, and mining runs in the
+    thread of the first caller, under that configuration's lock.
+    """
+
+    def __init__(self, job: dict):
+        self.cfg = TuneJobConfig.model_validate(job)
+        self.guard = threading.Lock()
+        self.locks: dict[str, threading.Lock] = {}
+
+    def mine(self, values: dict[str, Any]) -> str:
+        key = mined_dir(self.cfg, values)
+        with self.guard:
+            lock = self.locks.setdefault(key, threading.Lock())
+        with lock:
+            return mine_if_absent(self.cfg, values)
 
 
-def _check_resumable(cfg: TuneJobConfig, path: Path) -> None:
+def start_miner(cfg: TuneJobConfig, concurrent: int):
+    """The :class:`Miner` actor of this sweep, with a thread per trial that can wait on it. It
+    reserves no CPU, as a trial's driver reserves none by default: mining is a short in-process
+    step (no Ray tasks), and a reserved CPU would be taken from the trials' workers for the
+    whole sweep."""
+    import ray
+
+    return ray.remote(Miner).options(num_cpus=0, max_concurrency=max(2, concurrent + 1)).remote(
+        cfg.model_dump(mode="json"))
+
+
+def ray_storage(cfg: TuneJobConfig) -> str:
+    """Ray Tune's ``storage_path``: the one given, else ``OUTPUT/ray`` (absolute when local)."""
+    if cfg.storage_path:
+        return cfg.storage_path
+    if storage.is_remote(cfg.output):
+        return storage.join(cfg.output, "ray")
+    return str(Path(storage.local_path(cfg.output)).resolve() / "ray")
+
+
+def _check_resumable(cfg: TuneJobConfig, path: str) -> None:
     """A re-run of a sweep must sweep the same thing; say which fields differ."""
-    if not path.exists():
+    if not storage.is_file(path):
         return
-    old, new = read_yaml(path), cfg.model_dump(mode="json")
+    old, new = yaml.safe_load(storage.read_text(path)), cfg.model_dump(mode="json")
     changed = sorted(k for k in set(old) | set(new)
                      if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
     if changed:
@@ -174,13 +222,14 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
     from raglign.ray_session import ray_session
 
     cfg = cfg.resolved()
-    out = Path(cfg.output)
+    out = cfg.output
     _check_inputs(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_resumable(cfg, out / "tune_config.yaml")
-    (out / "tune_config.yaml").write_text(dump_yaml(cfg))
+    storage.check_output(out)
+    storage.makedirs(out)
+    _check_resumable(cfg, storage.join(out, "tune_config.yaml"))
+    storage.write_text(storage.join(out, "tune_config.yaml"), dump_yaml(cfg))
     if cfg.mine is not None and not any(k.startswith("mine.") for k in cfg.param_space):
-        mine_once(cfg, {}, progress)  # nothing of mining swept: once, before any trial
+        mine_if_absent(cfg, {}, progress)  # nothing of mining swept: once, before any trial
     started = time.perf_counter()
     # the State API: a trial the scheduler stops must give its Train workers' CPUs back
     with ray_session(cfg.ray, log_dir=out, state_api=True):
@@ -189,11 +238,12 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
 
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         concurrent = check_fits(cfg, nodes)
-        experiment = f"{storage(cfg)}/{cfg.name}"
+        experiment = storage.join(ray_storage(cfg), cfg.name)
         from raglign.pipeline.tune_trial import run_trial
 
+        miner = start_miner(cfg, concurrent) if cfg.mine is not None else None
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, job=cfg.model_dump(mode="json")),
+            tune.with_parameters(run_trial, job=cfg.model_dump(mode="json"), miner=miner),
             {"cpu": cfg.driver_cpus, "memory": DRIVER_MEMORY_MB * 2**20})
         total = cfg.grid_size()
         SINKS[experiment] = progress
@@ -218,7 +268,7 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
                     max_concurrent_trials=concurrent if cfg.search.algorithm == "optuna"
                     else None),
                 run_config=tune.RunConfig(
-                    name=cfg.name, storage_path=storage(cfg),
+                    name=cfg.name, storage_path=ray_storage(cfg),
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     callbacks=[lines], verbose=1 if console.is_verbose() else 0))
         try:
@@ -226,13 +276,15 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
                 grid = tuner.fit()
         finally:
             SINKS.pop(experiment, None)
+            if miner is not None:  # a session that outlives the sweep (a test's, a cluster's)
+                ray.kill(miner)
         summary = write_outputs(cfg, grid, out)
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     best = (f"best {cfg.score_metric} {summary['best_value']:.4f} (trial "
             f"{summary['best_trial']})" if summary["best_trial"] is not None else
             f"no trial reported {cfg.score_metric} ({summary['errors']} failed: see ray.log)")
     progress(f"[raglign tune] {summary['trials']} trials in {summary['wall_s']:.0f} s; {best}; "
-             f"{out / 'report.md'}")
+             f"{storage.join(out, 'report.md')}")
     return summary
 
 
@@ -282,6 +334,6 @@ def _scheduler(cfg: TuneJobConfig):
 def best_recipe(cfg: TuneJobConfig, values: dict[str, Any]) -> TrainConfig:
     """The runnable train recipe of a trial's values: trains into ``OUTPUT/best``."""
     mined = mined_dir(cfg, values)
-    train_cfg, _ = cfg.recipes(values, trial_dir=str(Path(cfg.output) / "best"),
-                               mined_dir=str(mined) if mined else None)
+    train_cfg, _ = cfg.recipes(values, trial_dir=storage.join(cfg.output, "best"),
+                               mined_dir=mined)
     return train_cfg

@@ -30,7 +30,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, model_validator
 
 from raglign import storage
 from raglign.config import JobConfig, StrictModel, format_validation_error, read_yaml, set_dotted
@@ -123,7 +123,8 @@ class TuneJobConfig(JobConfig):
                           "settings are swept; its output is per mining configuration")
     param_space: dict[str, Space] = Field(description="dotted key -> {grid|choice|uniform|"
                                                       "loguniform|randint: …}")
-    output: str = Field(description="results.csv, best.json, report.md, trials/ go here")
+    output: str = Field(description="results.csv, best.json, report.md, trials/, mined/ go "
+                                    "here: a directory or a storage URI (s3://, gs://)")
     search: SearchOptions = SearchOptions()
     scheduler: SchedulerOptions = SchedulerOptions()
     num_samples: PositiveInt = 1
@@ -133,23 +134,11 @@ class TuneJobConfig(JobConfig):
                                                  "recipe's validation.metric")
     mode: Literal["max", "min"] = "max"
     name: str = "tune"
-    storage_path: str | None = None  # Ray Tune / Train storage; None: <output>/ray
+    storage_path: str | None = None  # Ray Tune / Train storage (a path or URI); None: <output>/ray
     max_failures: int = Field(0, ge=-1, description="restarts of a failed trial (its Train run "
                                                     "resumes from its own checkpoints)")
     driver_cpus: float = Field(0.0, ge=0, description="CPUs reserved for each trial's driver, "
                                "which only starts and watches its Train workers")
-
-    @field_validator("output")
-    @classmethod
-    def _local_output(cls, value: str) -> str:
-        """The sweep's own directory is local (or a shared mount): trials take a file lock in
-        it to mine each configuration once, and the report is drawn there. What grows with a
-        sweep, Ray Tune's and each trial's Train storage, goes to ``storage_path``, which may
-        be ``s3://``/``gs://``."""
-        if storage.is_remote(value):
-            raise ValueError(f"{value}: a sweep's output is a local or shared directory; put "
-                             "the trials' checkpoints on object storage with storage_path")
-        return value
 
     @model_validator(mode="after")
     def _check(self) -> TuneJobConfig:
@@ -196,7 +185,8 @@ class TuneJobConfig(JobConfig):
             "train": _absolute(base_recipe(self.train, "train")[0]),
             "mine": (_absolute(base_recipe(self.mine, "mine")[0]) if self.mine is not None
                      else None),
-            "output": str(Path(self.output).resolve())})
+            "output": (self.output if storage.is_remote(self.output)
+                       else str(Path(storage.local_path(self.output)).resolve()))})
 
     def recipes(self, values: dict[str, Any], trial_dir: str | None = None,
                 mined_dir: str | None = None) -> tuple[TrainConfig, Any]:
@@ -211,7 +201,7 @@ class TuneJobConfig(JobConfig):
         # Where a trial writes is the job's: a base recipe needs no output of its own.
         train.update(output=trial_dir or "(per trial)")
         if trial_dir is not None:
-            train["run_name"] = Path(trial_dir).name
+            train["run_name"] = storage.name(trial_dir)
         if mine is not None:  # the mined data is per mining configuration (the job's)
             mine[0]["output"] = train["data"] = mined_dir or "(per mining configuration)"
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items())

@@ -10,6 +10,7 @@ best.json and the report say so: its checkpoint is then none, the starting model
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from raglign import storage
 from raglign.config import dump_yaml
 
 
@@ -90,6 +92,10 @@ def trial_row(cfg, result) -> tuple[dict, list[tuple]]:
     status = "error" if result.error else "finished" if steps is not None and total is not None \
         and steps >= cfg.planned_steps(result.config, total) else "stopped early"
     checkpoint = best.get("checkpoint_path") if best is not None else None
+    if isinstance(checkpoint, str):  # Ray's path within the storage's filesystem, as a URI
+        from raglign.pipeline.tune import ray_storage
+
+        checkpoint = storage.to_uri(checkpoint, ray_storage(cfg))
     row = {"trial_id": last.get("trial_id") or Path(result.path).name,
            **{k: result.config.get(k) for k in keys},
            f"best_{metric}": float(best[metric]) if best is not None else None,
@@ -102,8 +108,9 @@ def trial_row(cfg, result) -> tuple[dict, list[tuple]]:
     return row, curve
 
 
-def write_outputs(cfg, grid, out: Path) -> dict[str, Any]:
-    """results.csv, best.json, best_train.yaml and report.md (with its figures) for a sweep."""
+def write_outputs(cfg, grid, out: str | Path) -> dict[str, Any]:
+    """results.csv, best.json, best_train.yaml and report.md (with its figures) for a sweep,
+    under ``out``: a directory or a storage URI."""
     import pandas as pd
 
     from raglign.pipeline.tune import best_recipe
@@ -120,7 +127,8 @@ def write_outputs(cfg, grid, out: Path) -> dict[str, Any]:
     frame = pd.DataFrame(rows, columns=["trial_id", *keys, best_col, "best_step",
                                         f"final_{metric}", f"base_{metric}", "steps",
                                         "total_steps", "status", "wall_s", "checkpoint"])
-    frame.to_csv(out / "results.csv", index=False)
+    out = str(out)
+    storage.write_text(storage.join(out, "results.csv"), frame.to_csv(index=False))
     summary: dict[str, Any] = {"trials": len(rows), "metric": metric, "mode": mode,
                                "errors": sum(r["status"] == "error" for r in rows),
                                "stopped_early": sum(r["status"] == "stopped early" for r in rows),
@@ -136,19 +144,20 @@ def write_outputs(cfg, grid, out: Path) -> dict[str, Any]:
                 "base_value": base, "beats_starting_model": beats,
                 "checkpoint": top["checkpoint"] if beats else None, "values": values,
                 "recipe": recipe.model_dump(mode="json"),
-                "run": f"raglign train --config {out / 'best_train.yaml'}"}
+                "run": f"raglign train --config {storage.join(out, 'best_train.yaml')}"}
         if cfg.mine is not None:
             best["mined_data"] = recipe.data
-        (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")
-        (out / "best_train.yaml").write_text(
-            f"# The best trial ({top['trial_id']}) of the sweep in {out}: "
-            f"{metric} {top[best_col]:.4f} at step {top['best_step']}.\n" + dump_yaml(recipe))
+        storage.write_text(storage.join(out, "best.json"), json.dumps(best, indent=2) + "\n")
+        storage.write_text(storage.join(out, "best_train.yaml"),
+                           f"# The best trial ({top['trial_id']}) of the sweep in {out}: "
+                           f"{metric} {top[best_col]:.4f} at step {top['best_step']}.\n"
+                           + dump_yaml(recipe))
         summary.update(best_trial=top["trial_id"], best_value=top[best_col],
                        beats_starting_model=beats)
     if ranked:  # trials that never validated have nothing to draw
-        _plot_vs_params(cfg, ranked, out / "metric_vs_params.png")
-        _plot_curves(metric, curves, keys, out / "curves.png")
-    (out / "report.md").write_text(_report(cfg, frame, ranked, summary))
+        _plot_vs_params(cfg, ranked, storage.join(out, "metric_vs_params.png"))
+        _plot_curves(metric, curves, keys, storage.join(out, "curves.png"))
+    storage.write_text(storage.join(out, "report.md"), _report(cfg, frame, ranked, summary))
     return summary
 
 
@@ -201,7 +210,7 @@ def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _plot_vs_params(cfg, ranked: list[dict], path: Path) -> None:
+def _plot_vs_params(cfg, ranked: list[dict], path: str) -> None:
     """One panel per swept setting that took more than one value: each trial's best validation
     (filled; the starting model included, as the export would be) and its final one (hollow),
     the starting model dashed."""
@@ -241,13 +250,12 @@ def _plot_vs_params(cfg, ranked: list[dict], path: Path) -> None:
         ax.set_ylabel(f"validation {metric.removeprefix('val_')}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{Path(cfg.output).name}: {len(ranked)} trials", fontsize=10)
+    fig.suptitle(f"{storage.name(cfg.output)}: {len(ranked)} trials", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _plot_curves(metric: str, curves: dict, keys: list[str], path: Path) -> None:
+def _plot_curves(metric: str, curves: dict, keys: list[str], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -268,5 +276,14 @@ def _plot_curves(metric: str, curves: dict, keys: list[str], path: Path) -> None
     if len(curves) <= 16:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    """A figure as a PNG at ``path`` (a file or a storage URI), closed."""
+    import matplotlib.pyplot as plt
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    storage.write_bytes(path, png.getvalue())

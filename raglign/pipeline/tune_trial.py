@@ -1,15 +1,16 @@
-"""One trial of ``raglign tune``, run by Ray Tune in its own actor: mine when a mining setting
-is swept, then ``raglign train``'s own code with Tune reporting (raglign.pipeline.tune)."""
+"""One trial of ``raglign tune``, run by Ray Tune in its own actor: its mined data from the
+sweep's mining actor, then ``raglign train``'s own code with Tune reporting
+(raglign.pipeline.tune)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
+import ray
 from ray.tune import get_context
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from raglign import storage
 from raglign.pipeline.train import train
-from raglign.pipeline.tune import mine_once, storage
+from raglign.pipeline.tune import ray_storage
 from raglign.pipeline.tune_config import TuneJobConfig
 
 
@@ -31,16 +32,16 @@ class ValidationReports(TuneReportCallback):
             super().after_report(run_context, metrics, checkpoint)
 
 
-def run_trial(config: dict, job: dict) -> None:
+def run_trial(config: dict, job: dict, miner=None) -> None:
     """Tune's function trainable: ``config`` holds the swept values (dotted keys), ``job`` the
-    resolved tune job. The Train run is named after the trial id, so a restarted trial resumes
+    resolved tune job, ``miner`` the sweep's :class:`~raglign.pipeline.tune.Miner` (when it
+    has a mine step). The Train run is named after the trial id, so a restarted trial resumes
     its own checkpoints."""
     cfg = TuneJobConfig.model_validate(job)
     trial_id = get_context().get_trial_id()
-    out = Path(cfg.output)
-    mined = mine_once(cfg, config) if cfg.mine is not None else None
-    train_cfg, _ = cfg.recipes(config, trial_dir=str(out / "trials" / trial_id),
-                               mined_dir=str(mined) if mined else None)
-    train_cfg.storage_path = f"{storage(cfg)}/train"
+    mined = ray.get(miner.mine.remote(config)) if miner is not None else None
+    train_cfg, _ = cfg.recipes(config, trial_dir=storage.join(cfg.output, "trials", trial_id),
+                               mined_dir=mined)
+    train_cfg.storage_path = storage.join(ray_storage(cfg), "train")
     train(train_cfg, callbacks=(ValidationReports(cfg.score_metric),), export=False,
           step_bar=False)
