@@ -93,15 +93,13 @@ RECORDED = {"demo": "1d31ccd5fd2b3aae", "vllm": "5ba2ac0d87b33344", "http": "6cc
 
 
 def test_label_manifests_written_before_the_spec_still_match(tmp_path):
-    from pathlib import Path
-
     from raglign.pipeline.demo import DemoConfig, label_config
     from raglign.pipeline.label import load_label_config
     from raglign import storage
     from raglign.data.io import config_hash
     from raglign.pipeline.shards import ShardStore
 
-    demo = label_config(DemoConfig(), Path("runs/demo/split/train"), Path("runs/demo/labelled"))
+    demo = label_config(DemoConfig(), "runs/demo/split/train", "runs/demo/labelled")
     assert config_hash(demo.fingerprint()) == RECORDED["demo"]
     vllm = load_label_config(input="i", output="o", signals=["answer_logprob", "judge"],
                              context="concat", generator={
