@@ -410,12 +410,15 @@ from raglign.ray_session import ray_session
 
 @ray.remote(num_cpus=0)
 def ask(actor_id):
-    # what Train V2's PlacementGroupCleaner asks, from inside the cluster as it does
-    from ray.train.v2._internal.state.util import is_actor_alive
+    # the State API question Train V2's PlacementGroupCleaner asks (is_actor_alive), from inside
+    # the cluster as it does; the address is given because the test session runs its own Ray
+    # beside this one, and Ray resolves no address when two run on one machine
+    from ray.util.state import get_actor
     from ray.util.state.exception import RayStateApiException
 
     try:
-        return "ok" if is_actor_alive(actor_id, timeout=30) else "dead"
+        state = get_actor(actor_id, address=ray.get_runtime_context().gcs_address, timeout=30)
+        return "ok" if state and state.state != "DEAD" else "dead"
     except RayStateApiException:
         return "missing"
 
