@@ -57,7 +57,8 @@ def ray_session(config: RayConfig | None = None, *, address: str | None = None,
     (ASHA), the trial's Train controller dies with it, and only Train V2's
     ``PlacementGroupCleaner`` frees the Train workers' placement group -- after asking the State
     API whether the controller is gone. Without it the group stays reserved to the end of the
-    job: an ASHA sweep on 2 CPUs deadlocked after two stopped trials.
+    job: an ASHA sweep on 2 CPUs deadlocked after two stopped trials. (The cleaner finds the
+    cluster by Ray's address lookup, which fails while another Ray runs on the same machine.)
 
     ``address`` (or ``config.address``, or ``$RAY_ADDRESS``) connects to an existing cluster;
     otherwise a local Ray is started with its own temp dir under the system temp directory.
