@@ -19,7 +19,6 @@ import contextlib
 import math
 import resource
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -245,10 +244,6 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
     if bar is not None:
         bar.close()
-        # tqdm_ray sends the closed bar as a line on the worker's stdout, block-buffered when
-        # redirected: unflushed, the driver learns of it only when the worker exits and draws
-        # the bar again at its own exit.
-        sys.stdout.flush()
     if local_best is None:
         return None
     return {"best_checkpoint": str(local_best[0]), "best_metrics": local_best[1]}
