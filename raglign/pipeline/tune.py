@@ -43,10 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from raglign import console, storage
-from raglign.config import dump_yaml
+from raglign.config import dump_yaml, read_yaml
 from raglign.data.io import parquet_files
 from raglign.errors import ConfigError
 from raglign.pipeline.tune_config import Space, TuneJobConfig
@@ -143,7 +141,7 @@ def _check_resumable(cfg: TuneJobConfig, path: str) -> None:
     """A re-run of a sweep must sweep the same thing; say which fields differ."""
     if not storage.is_file(path):
         return
-    old, new = yaml.safe_load(storage.read_text(path)), cfg.model_dump(mode="json")
+    old, new = read_yaml(path), cfg.model_dump(mode="json")
     changed = sorted(k for k in set(old) | set(new)
                      if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
     if changed:
