@@ -186,7 +186,10 @@ def test_cross_encoder_round_trips_through_sentence_transformers(tiny_cross_dir,
     reranker = load_reranker(str(tiny_cross_dir), kind="cross", max_length=64)
     expected = np.array(reranker.score(QUERY, DOCS))
     out = tmp_path / "saved"
+    limit_before = reranker.tokenizer.model_max_length
     reranker.save(str(out), model_card="# tiny cross-encoder\n")
+    # Saving writes the limit into the directory, not into a tokenizer others may share.
+    assert reranker.tokenizer.model_max_length == limit_before != 64
     assert (out / "README.md").read_text() == "# tiny cross-encoder\n"
     again = load_reranker(str(out), kind="cross")
     assert again.max_length == 64

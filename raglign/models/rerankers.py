@@ -168,8 +168,13 @@ class CrossEncoderReranker(Reranker):
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(root)
-        self.tokenizer.model_max_length = self.max_length  # CrossEncoder's max_seq_length
-        self.tokenizer.save_pretrained(root)
+        # The saved model_max_length is what CrossEncoder reads as max_seq_length. Set only for
+        # the write: the tokenizer object may be shared with other models (a test's fixture).
+        before, self.tokenizer.model_max_length = self.tokenizer.model_max_length, self.max_length
+        try:
+            self.tokenizer.save_pretrained(root)
+        finally:
+            self.tokenizer.model_max_length = before
         if model_card is not None:
             (root / "README.md").write_text(model_card)
 
