@@ -19,8 +19,10 @@ with Ray's own logging set-up, not by filtering text:
   ``ray.train.v2._internal.execution.controller.placement_group_cleaner``) each time it cannot
   -- always, on a local Ray without the dashboard, which serves that API (``state_api``).
 
-One line escapes: the error Ray core's C++ logger writes to the driver's stderr once per job
-whose actor pools may restart (:func:`actor_pool_map`).
+* what native code writes to the driver's own stderr descriptor -- Ray core's C++ logger,
+  which prints its ERROR lines there as well as to its log files -- goes to the file too,
+  while Python's ``sys.stderr`` (raglign's bars, warnings and errors) stays on the terminal
+  (:func:`native_stderr_to`).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def ray_session(config: RayConfig | None = None, *, address: str | None = None,
                      **({"dashboard_host": "127.0.0.1"} if state_api else {}))
         if quiet:  # kept until after the shutdown below, which forwards the last lines
             stack.enter_context(worker_output_to(handler))
+            stack.enter_context(native_stderr_to(log_path))
         stack.callback(ray.shutdown)
         yield ray.cluster_resources()
 
@@ -143,10 +146,32 @@ def worker_output_to(handler: logging.FileHandler) -> Iterator[None]:
     are reduced to its events, and progress bars that workers draw with
     ``ray.experimental.tqdm_ray`` (state updates, not text) are still drawn here on the
     terminal. Ray 2.60's dispatcher is internal, hence ray's exact pin in pyproject.toml.
+
+    Ray 2.60 delivers every line of a Ray Train V2 worker twice (seen in its ray.log and in
+    the bar states). A repeated state is a harmless redraw, except after the bar's close: Ray's
+    bar manager has forgotten the bar by then and draws it anew, left open until the driver
+    exits, which then prints it once more. States of a closed bar are therefore dropped.
     """
+    import json
+
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     from ray._private.worker import filter_autoscaler_events, process_tqdm
     from ray.experimental.tqdm_ray import RAY_TQDM_MAGIC
+
+    closed_bars: set[str] = set()
+
+    def draw(line: str) -> None:
+        try:
+            state = json.loads(line)
+            bar, closed = state["uuid"], state["closed"]
+        except (ValueError, KeyError, TypeError):  # a garbled line: Ray's own warning says so
+            process_tqdm(line)
+            return
+        if bar in closed_bars:
+            return
+        if closed:
+            closed_bars.add(bar)
+        process_tqdm(line)
 
     def write(batch: dict) -> None:
         prefix = _worker_prefix(batch)
@@ -157,7 +182,7 @@ def worker_output_to(handler: logging.FileHandler) -> Iterator[None]:
         try:
             for line in lines:
                 if RAY_TQDM_MAGIC in line:
-                    process_tqdm(line)
+                    draw(line)
                 else:
                     handler.stream.write(prefix + line + "\n")
             handler.flush()
@@ -170,6 +195,43 @@ def worker_output_to(handler: logging.FileHandler) -> Iterator[None]:
         yield
     finally:
         dispatcher.remove_handler("raglign_log_file")
+
+
+@contextlib.contextmanager
+def native_stderr_to(path: Path) -> Iterator[None]:
+    """Point this process's file descriptor 2 at ``path``; keep ``sys.stderr`` on the terminal.
+
+    Ray core's C++ logger writes its ERROR lines to the driver's descriptor 2 as well as to its
+    own log file, and no Ray setting separates the two (``RAY_BACKEND_LOG_LEVEL`` would drop
+    them from the files as well). One of them comes once per job whose actor pools may restart:
+    "has constructor arguments in the object store and max_restarts > 0"
+    (:func:`actor_pool_map` says why it does not apply to raglign). Python's ``sys.stderr`` is
+    re-opened on a duplicate of the original descriptor, so Python code -- raglign's bars and
+    messages, warnings, a traceback -- still reaches the terminal. A ``sys.stderr`` that is
+    not descriptor 2 (pytest's capture, a notebook) is left as it is.
+    """
+    try:
+        python_on_fd2 = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both of the last
+        python_on_fd2 = False
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    before = sys.stderr
+    if python_on_fd2:
+        sys.stderr = os.fdopen(terminal, "w", buffering=1, encoding=before.encoding,
+                               errors=before.errors, closefd=False)
+    os.dup2(log, 2)
+    os.close(log)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        if python_on_fd2:
+            sys.stderr.close()  # closefd=False: the descriptor is closed below
+            sys.stderr = before
+        os.close(terminal)
 
 
 def _writes_to_terminal(handler: logging.Handler) -> bool:
@@ -197,8 +259,8 @@ def actor_pool_map(ds, fn: type, actors: int, ray_config: RayConfig, **map_batch
     actors, Train workers and a whole node mid-job). Ray Data's own default is unlimited
     restarts and retries; raglign bounds both (:class:`~raglign.config.RayConfig`).
 
-    Whenever restarts are on, Ray core prints an error once per driver process, on its
-    stderr (its C++ logger, which :func:`ray_logs_to` cannot reach): "has constructor
+    Whenever restarts are on, Ray core logs an error once per driver process (its C++
+    logger, which :func:`native_stderr_to` keeps off the terminal): "has constructor
     arguments in the object store and max_restarts > 0" (ray-project/ray#57733). The
     arguments it means are Ray Data's own (its map transformer and DataContext, which it puts
     in the object store); raglign's constructor arguments travel inside the transformer, by
