@@ -296,14 +296,23 @@ def test_bad_storage_input_fails_before_any_work_naming_the_uri(s3, tmp_path, ti
 
 # --- raglign tune ----------------------------------------------------------------------------
 
+def _ray_logs_with_a_secret(tmp_path_factory) -> list:
+    """The session's Ray log files (the ``ray_local`` fixture's temp dir) holding a secret."""
+    logs = [p for p in tmp_path_factory.getbasetemp().rglob("*")
+            if p.is_file() and "logs" in p.parts]
+    assert logs, "no Ray logs found to check"
+    return [p for p in logs if any(x.encode() in p.read_bytes() for x in (SECRET, GCS_SECRET))]
+
+
 def test_a_sweep_from_s3_to_s3_mines_each_configuration_once_and_resumes_from_the_uri(
-        s3, ray_local, tmp_path, tiny_bert_dir, monkeypatch):
+        s3, ray_local, tmp_path, tiny_bert_dir, monkeypatch, tmp_path_factory):
     """Two trials (mining's alpha swept) from labelled rows on s3:// to an s3:// output: Tune's
     experiment, the trials' Train runs, the two mined directories and the report all land
     under the URI, the labels are never rewritten, best.json's checkpoint is a URI that
     holds the weights and best_train.yaml loads from the URI as `raglign train --config`
     reads it; re-running the same sweep resumes from the URI's experiment and re-runs no
-    trial."""
+    trial. The trials reach S3 with the credentials their Ray workers inherited, not with the
+    copy Ray Tune puts in their runtime env, which Ray logs (raglign.pipeline.tune)."""
     from test_tune import _mine, _train, labelled_rows
 
     from raglign.config import load_job
@@ -363,6 +372,7 @@ def test_a_sweep_from_s3_to_s3_mines_each_configuration_once_and_resumes_from_th
     assert not [line for line in lines if "[raglign tune] trial " in line]
     assert {f: storage.info(f).mtime_ns for f in storage.list_files(f"{out}/trials")} == stamps
     assert (again["trials"], again["best_trial"]) == (2, summary["best_trial"])
+    assert not _ray_logs_with_a_secret(tmp_path_factory)  # the trials' runtime envs are logged
 
 
 # --- the demo, its comparison and raglign report -----------------------------------------------
@@ -469,7 +479,6 @@ def test_gs_uris_reach_pyarrow_unchanged():
 
 # --- credentials ------------------------------------------------------------------------------
 
-@pytest.mark.skip(reason="found a leak: Ray's runtime_env_agent.log records a runtime env whose env_vars carry AWS_SECRET_ACCESS_KEY (created during this module's jobs); the source is not yet found")
 def test_no_credential_reaches_a_log_an_error_or_an_output(s3, gcs, ray_local, tmp_path,
                                                            tiny_dir, tmp_path_factory):
     """The S3 secret key and the GCS refresh token and client secret, values found nowhere
@@ -490,10 +499,7 @@ def test_no_credential_reaches_a_log_an_error_or_an_output(s3, gcs, ray_local, t
     secrets = [SECRET.encode(), GCS_SECRET.encode()]
     leaks = lambda data: [x for x in secrets if x in data]  # noqa: E731
     assert not leaks((done.stdout + done.stderr).encode())
-    logs = [p for p in tmp_path_factory.getbasetemp().rglob("*")
-            if p.is_file() and "logs" in p.parts]
-    assert logs, "no Ray logs found to check"
-    assert not [p for p in logs if leaks(p.read_bytes())]
+    assert not _ray_logs_with_a_secret(tmp_path_factory)
     objects = storage.list_files(s3, hidden=True) + storage.list_files(gcs, hidden=True)
     assert f"{s3}/secret/out/_summary.json" in objects  # this job's outputs at least
     assert not [f for f in objects if leaks(storage.read_bytes(f))]
