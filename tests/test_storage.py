@@ -421,7 +421,6 @@ def test_the_demo_comparison_and_raglign_report_write_to_s3(s3, tmp_path):
     assert f"wrote {s3}/compare/report/runs.md and {s3}/compare/report/runs.png" in done.stdout
 
 
-@pytest.mark.skip(reason="its tiny rows have 8 candidates, fewer than the demo's RADIO mining needs (n=3, m=6: 9); the data must be fixed before the demo on s3:// is verified")
 def test_the_demo_runs_from_s3_to_s3_and_resumes_there(s3, ray_local, tmp_path, tiny_dir,
                                                        tiny_bert_dir, monkeypatch, capsys):
     """`raglign demo --output s3://…` with tiny models, from a DPR file on s3://: every stage
@@ -430,7 +429,8 @@ def test_the_demo_runs_from_s3_to_s3_and_resumes_there(s3, ray_local, tmp_path, 
     from raglign.pipeline.demo import DemoConfig, run_demo
 
     monkeypatch.chdir(tmp_path)
-    storage.write_bytes(f"{s3}/demo/in/dpr.jsonl", _dpr_jsonl(8, passages=8))
+    # 9 passages a question: the demo's RADIO groups (n=3, m=6) need ranks 0 and 3..8
+    storage.write_bytes(f"{s3}/demo/in/dpr.jsonl", _dpr_jsonl(8, passages=9))
     out = f"{s3}/demo/run"
     cfg = DemoConfig(input=f"{s3}/demo/in/dpr.jsonl", format="dpr", output=out,
                      generator={"name": tiny_dir, "dtype": "float32"}, encoder=str(tiny_bert_dir),
