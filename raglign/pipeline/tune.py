@@ -270,7 +270,7 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
                     failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
                     callbacks=[lines], verbose=1 if console.is_verbose() else 0))
         try:
-            with _tune_output():
+            with _tune_output(), _no_credentials_in_runtime_envs():
                 grid = tuner.fit()
         finally:
             SINKS.pop(experiment, None)
@@ -284,6 +284,38 @@ def run_tune(cfg: TuneJobConfig, progress=print) -> dict[str, Any]:
     progress(f"[raglign tune] {summary['trials']} trials in {summary['wall_s']:.0f} s; {best}; "
              f"{storage.join(out, 'report.md')}")
     return summary
+
+
+# The credential variables Ray Tune copies from the driver's environment into every trial
+# actor's runtime env (``ray.tune.execution.class_cache.ENV_VARS_TO_PROPAGATE``, Ray 2.60).
+CREDENTIAL_VARS = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN",
+                             "AWS_SESSION_TOKEN"})
+
+
+@contextlib.contextmanager
+def _no_credentials_in_runtime_envs():
+    """Ray Tune without its copy of the driver's AWS credentials into the trials' runtime env.
+
+    Tune's trial actors get ``runtime_env={"env_vars": …}`` holding ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY`` and session tokens from the driver's ``os.environ``, and Ray
+    writes every runtime env it creates, in plain text, to the session's
+    ``runtime_env_agent.log`` ("Creating runtime env: …") and shows it in the dashboard and
+    State API (ray-project/ray#39502 asks for secret env vars for this reason;
+    tests/test_storage.py found the secret key there). Without it a trial's process takes the
+    credentials where every other raglign worker does -- label and eval actors, Train workers,
+    the mining actor: from the environment its node's Ray was started with (a local Ray: the
+    driver's, inherited at ``ray.init``; a cluster: each node's, docs/cluster.md#storage), which
+    Ray neither logs nor shows. Tune reads the set when it registers the trainable, in this
+    process, so replacing it for the duration of ``fit`` is enough.
+    """
+    from ray.tune.execution import class_cache
+
+    propagated = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = propagated - CREDENTIAL_VARS
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = propagated
 
 
 @contextlib.contextmanager
