@@ -228,8 +228,8 @@ def st_worker(spec_path: str) -> None:
         output_dir=spec["tmp"], per_device_train_batch_size=spec["batch_size"],
         max_steps=spec["steps"], learning_rate=spec["lr"], weight_decay=0.01, warmup_steps=0.1,
         lr_scheduler_type="linear", max_grad_norm=1.0, seed=spec["seed"],
-        optim="adamw_torch_fused", logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-        dataloader_drop_last=True, batch_sampler=in_order)
+        optim="adamw_torch_fused", logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=True, disable_tqdm=True, dataloader_drop_last=True, batch_sampler=in_order)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset,
                                   loss=st_loss(model), callbacks=[clock])
     t_train = time.perf_counter()
