@@ -22,8 +22,8 @@ and data order, in one run:
   with a seeded one-logit head), dropout set to 0 and saved; both tools load that directory.
   Dropout is off so the two runs are the same computation step by step and their losses can be
   compared per step, not only in distribution.
-* **Schedule**: AdamW (``torch.optim.AdamW``, ST's ``optim="adamw_torch"``; its default
-  ``adamw_torch_fused`` is the same algorithm in one kernel), weight decay 0.01 off biases and
+* **Schedule**: fused AdamW (``torch.optim.AdamW(fused=True)``: raglign's ``build_optimizer``
+  and ST's default ``optim="adamw_torch_fused"``), weight decay 0.01 off biases and
   LayerNorm weights in both, linear warmup over ceil(10 % of the steps) then linear decay to 0,
   gradient clipping at 1.0, fp32 on CPU.
 * **Order**: raglign's epoch-0 permutation of the groups (:func:`raglign.training.batches.
@@ -227,9 +227,9 @@ def st_worker(spec_path: str) -> None:
     args = CrossEncoderTrainingArguments(
         output_dir=spec["tmp"], per_device_train_batch_size=spec["batch_size"],
         max_steps=spec["steps"], learning_rate=spec["lr"], weight_decay=0.01, warmup_steps=0.1,
-        lr_scheduler_type="linear", max_grad_norm=1.0, seed=spec["seed"], optim="adamw_torch",
-        logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
-        dataloader_drop_last=True, batch_sampler=in_order)
+        lr_scheduler_type="linear", max_grad_norm=1.0, seed=spec["seed"],
+        optim="adamw_torch_fused", logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=True, disable_tqdm=True, dataloader_drop_last=True, batch_sampler=in_order)
     trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset,
                                   loss=st_loss(model), callbacks=[clock])
     t_train = time.perf_counter()

@@ -22,8 +22,9 @@ Parts, each through raglign's own code:
   the ratio of the two times.
 * **(b) reranker** -- a bge-reranker-base-shaped (XLM-R base) :class:`CrossEncoderReranker`
   trained with InfoNCE at length 512, the steps of ``raglign train``'s loop: the DDP-facing
-  ``scorer_class`` wrapper, AdamW over ``param_groups``, bf16 autocast on fp32 weights (the
-  trainer's ``bf16: true``), clipping at 1.0. Pairs/s and MFU of 6 x params x tokens + attention.
+  ``scorer_class`` wrapper, its fused AdamW (``build_optimizer``), bf16 autocast on fp32
+  weights (the trainer's ``bf16: true``), clipping at 1.0. Pairs/s and MFU of 6 x params x
+  tokens + attention.
 * **(c) grerank** -- one G-Rerank training step, the body of ``GumbelLoss.__call__``
   (``training/losses/gumbel.py``): prefill without grad, score the candidates with the (b)
   reranker, :func:`raglign.objectives.gumbel.gumbel_lm_loss` with n = 20, k = 5, backward into
@@ -385,11 +386,12 @@ def part_engine(ctx: Context) -> dict:
 # ---------------------------------------------------------------------------- (b) reranker
 def reranker_step(ctx: Context, reranker):
     """``raglign train``'s optimizer step around a loss: returns ``step(loss_fn) -> (loss,
-    grad norm)`` over the DDP-facing scorer, AdamW on ``param_groups``, bf16 autocast on CUDA."""
-    from raglign.training.reranker import param_groups, scorer_class
+    grad norm)`` over the DDP-facing scorer, its fused AdamW on ``param_groups``, bf16 autocast
+    on CUDA."""
+    from raglign.training.reranker import build_optimizer, scorer_class
 
     scorer = scorer_class()(reranker, False)
-    optimizer = torch.optim.AdamW(param_groups(reranker, 0.01), lr=6e-5)
+    optimizer = build_optimizer(reranker, 6e-5, 0.01)
     autocast = torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16,
                               enabled=ctx.device.type == "cuda")
 

@@ -314,6 +314,61 @@ def test_a_ddp_step_leaves_no_trainable_parameter_without_a_gradient(
         assert all(not p.requires_grad for p in reranker.encoder.model.pooler.parameters())
 
 
+def test_two_gloo_processes_step_as_one_process_on_the_whole_batch(tmp_path, groups_dir,
+                                                                    tiny_bert_dir):
+    """The loop's DDP settings (gradients as views of the all-reduce buckets) and its fused
+    AdamW, with clipping and ``zero_grad(set_to_none=True)`` between steps, over 2 gloo
+    processes of 4 groups each: after 3 steps the weights and losses are those of one process
+    taking the same steps on all 8 groups with the textbook for-loop AdamW. A rank whose
+    gradients stopped being reduced after the first step, or a fused update that differed from
+    AdamW's, would be off by orders of magnitude more than rounding."""
+    import subprocess
+    import sys
+
+    from raglign.training.batches import epoch_permutation, make_batch, micro_batch_rows
+    from raglign.training.loss import build_loss
+    from raglign.training.reranker import build_reranker, param_groups, scorer_class
+    from raglign.training.tables import load_train_table
+
+    cfg = _cfg(groups_dir, tiny_bert_dir, tmp_path / "out", kind="cross", num_workers=2)
+    steps, out = 3, tmp_path / "rank0.pt"
+    spec = json.dumps({"config": cfg.model_dump(mode="json"), "steps": steps})
+    worker = REPO / "tests" / "ddp_step_worker.py"
+    procs = [subprocess.Popen([sys.executable, str(worker), str(r), str(tmp_path / "pg"), spec,
+                               str(out)], stderr=subprocess.PIPE, text=True) for r in range(2)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+
+    one = cfg.model_copy(update={"num_workers": 0})
+    table, _ = load_train_table(groups_dir, "infonce")
+    perm = epoch_permutation(table.num_rows, cfg.seed, 0)
+    reranker = build_reranker(one)
+    scorer = scorer_class()(reranker, False)
+    optimizer = torch.optim.AdamW(param_groups(reranker, one.weight_decay), lr=one.lr,
+                                  foreach=False)
+    loss_fn = build_loss(one, torch.device("cpu"))
+    want_losses = []
+    for step in range(steps):
+        loss = loss_fn(scorer, make_batch(table, micro_batch_rows(perm, step, one, 0, 1, 0)))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(reranker.parameters(), one.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        want_losses.append(loss.item())
+
+    got = torch.load(out)
+    assert got["losses"] == pytest.approx(want_losses, abs=1e-5)
+    start = build_reranker(one).state_dict()
+    want = torch.cat([(w - start[k]).flatten() for k, w in reranker.state_dict().items()])
+    moved = torch.cat([(got["state"][k] - start[k]).flatten() for k in start])
+    # Relative to the update itself, not per weight: Adam divides each gradient by its own
+    # scale, so a weight whose true gradient is 0 (the score head's bias: InfoNCE ignores a
+    # shift of all scores) moves by up to lr on rounding noise alone, differently in any two
+    # float orders. Measured here: 1e-3 between float orders (fused or for-loop AdamW, whole
+    # batch or 2 micro-batches); 0.59 when each rank trains on its own half of the batch.
+    assert (moved - want).norm() / want.norm() < 1e-2
+
+
 @pytest.mark.parametrize("in_batch_negatives", [False, True])
 def test_anchor_pulls_towards_the_frozen_base(tmp_path, groups_dir, tiny_bert_dir,
                                               in_batch_negatives):

@@ -28,8 +28,15 @@ import pyarrow as pa
 from raglign.training.batches import epoch_permutation, make_batch, micro_batch_rows
 from raglign.training.checkpoint import restore, save
 from raglign.training.loss import build_loss
-from raglign.training.reranker import build_reranker, param_groups, scorer_class
+from raglign.training.reranker import build_optimizer, build_reranker, scorer_class
 from raglign.training_config import TrainConfig
+
+
+# The gradients are views into DDP's all-reduce buckets, so DDP neither keeps separate .grad
+# tensors beside them (91 MB for MiniLM-L6) nor copies the reduced buckets into those each step:
+# the same numbers (tests/test_train.py, 2 gloo processes vs 1), a lower peak RSS (25-47 MiB
+# per worker measured, docs/benchmarks.md).
+DDP_OPTIONS = {"gradient_as_bucket_view": True}
 
 
 def peak_rss_mib() -> float:
@@ -127,8 +134,9 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     # No find_unused_parameters: every trainable parameter takes part in the scores (the
     # encoder freezes BERT's pooler, which mean/CLS pooling never reads), so DDP needs no
     # extra graph traversal per step (tests/test_train.py checks every parameter gets a grad).
-    model = ray.train.torch.prepare_model(scorer_class()(reranker, cfg.in_batch_negatives))
-    optimizer = torch.optim.AdamW(param_groups(reranker, cfg.weight_decay), lr=cfg.lr)
+    model = ray.train.torch.prepare_model(scorer_class()(reranker, cfg.in_batch_negatives),
+                                          parallel_strategy_kwargs=DDP_OPTIONS)
+    optimizer = build_optimizer(reranker, cfg.lr, cfg.weight_decay)
     steps_per_epoch = table.num_rows // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     # A step is one global batch; an objective may take several optimizer updates on it (RRPO's
