@@ -16,7 +16,8 @@ import torch
 from raglign.config import validate
 from raglign.errors import ConfigError
 from raglign.metrics import f1_score
-from raglign.prompts import answer_continuation, encode_piece, encode_prompt, parallel_prompt, qa_prompt
+from raglign.prompts import (answer_continuation, encode_piece, encode_prompt, parallel_prompt,
+                             qa_prompt)
 from raglign.training.rrpo_rewards import RewardRequest
 from raglign.training_config import RRPOOptions, TrainConfig
 
