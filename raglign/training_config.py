@@ -156,6 +156,11 @@ class RRPOOptions(StrictModel):
     Reward actors: the reader lives in ``reward_actors`` Ray actors apart from the Train
     workers (own CPUs / GPUs); every worker sends its subsets to the actor a stable hash of
     (question, chosen set) names, so one cache serves all workers and no subset is read twice.
+    There the reader takes any ``generator.backend``, as labelling does: transformers (on CUDA
+    when ``reward_actor_gpus > 0``), vLLM (its engines reserve their own GPUs through Ray Data,
+    so the actor holds none) or an OpenAI-compatible server (``http``; F1/EM need its
+    ``endpoint: completions``). With ``reward_actors: 0`` the reader is loaded in every Train
+    worker, on the transformers backend only.
 
     PPO: the ``batch_size`` questions of a step are one rollout (episodes sampled, rewarded and
     their log-probabilities stored once); ``ppo_epochs`` passes over it follow, each in
@@ -196,9 +201,31 @@ class RRPOOptions(StrictModel):
         return _moved_to_generator(data)
 
     @model_validator(mode="after")
-    def _reader_in_worker(self) -> RRPOOptions:
-        _worker_generator(self.generator, "RRPO's reader",
-                          "is loaded in every training worker")
+    def _reader_backend(self) -> RRPOOptions:
+        g = self.generator
+        if not self.reward_actors:
+            _worker_generator(g, "RRPO's reader", "is loaded in every training worker "
+                              "(rrpo.reward_actors: 0); set rrpo.reward_actors >= 1 (Ray "
+                              "workers, num_workers >= 1) to read rewards through it in the "
+                              "reward actors")
+            return self
+        if g.backend == "transformers":
+            if g.device != "auto":
+                raise ValueError("RRPO's reader runs where the reward actors are placed "
+                                 "(rrpo.reward_actor_gpus > 0: CUDA); leave generator.device "
+                                 "auto")
+            return self
+        if self.reward_actor_gpus > 0:
+            raise ValueError(f"rrpo.reward_actor_gpus applies to the transformers backend: "
+                             f"backend {g.backend!r} " + (
+                                 "reserves its engines' GPUs itself (generator.vllm: "
+                                 "tensor_parallel_size, concurrency), which a GPU held by the "
+                                 "actor would starve" if g.backend == "vllm" else
+                                 "runs the model on its server") + "; leave it 0")
+        if g.backend == "http" and self.reward != "logprob" and g.http.endpoint != "completions":
+            raise ValueError(f"rrpo.reward {self.reward!r} on backend 'http': the reader renders "
+                             "its QA prompt locally, as the other backends see it, and sends it "
+                             "to /v1/completions; set generator.http.endpoint: completions")
         return self
 
     @property

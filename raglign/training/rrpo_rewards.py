@@ -51,11 +51,17 @@ def answer_reward(kind: str, prediction: str, answers: list[str],
 
 
 def reader_generator(options: RRPOOptions, device: str) -> Generator:
-    """The frozen reader of ``options`` on ``device``: the one place that builds it, for the
-    in-worker reader and the reward actors alike."""
+    """The frozen reader of ``options``: the one place that builds it, for the in-worker reader
+    and the reward actors alike. ``device`` places a transformers reader; a vLLM reader's
+    engines are placed by Ray Data and an HTTP reader's model lives on its server, so neither
+    takes one (their ``score`` / ``generate`` run a ``ray.data.llm`` processor per call, as
+    labelling does: :mod:`raglign.models.processor_generator`)."""
     from raglign.models.generator_spec import build_generator
 
-    return build_generator(options.generator.model_copy(update={"device": device}))
+    spec = options.generator
+    if spec.backend == "transformers":
+        spec = spec.model_copy(update={"device": device})
+    return build_generator(spec)
 
 
 class RewardSource(ABC):
