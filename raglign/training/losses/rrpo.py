@@ -174,6 +174,6 @@ class RRPOLoss(Loss):
                 f"sampled from the Plackett-Luce policy of the scores (temperature "
                 f"{cfg.score_temperature}), reward `{r.reward}` from the frozen reader "
                 f"`{lm.name}` ({lm.backend}, {lm.dtype}), advantages against the initial "
-                f"reranker's greedy episode (gamma {r.gamma}, GAE lambda {r.lam}), KL weight {r.kl_beta}; "
-                f"{r.ppo_epochs} PPO epochs x {r.minibatches} mini-batches per rollout batch")
+                f"reranker's greedy episode (gamma {r.gamma}, GAE lambda {r.lam}), KL weight "
+                f"{r.kl_beta}; {r.ppo_epochs} PPO epochs x {r.minibatches} mini-batches per rollout batch")
         return f"gold answers over the first {r.n} candidates", loss
