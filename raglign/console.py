@@ -8,7 +8,6 @@ terminal instead, as Ray sets it up, for when something in Ray itself needs look
 
 from __future__ import annotations
 
-import os
 import sys
 
 from tqdm import tqdm
@@ -20,8 +19,6 @@ def set_verbose(flag: bool) -> None:
     """Show Ray's logs, Ray Data's progress tables and Ray's worker output on the terminal."""
     global _verbose
     _verbose = flag
-    if not flag:  # transformers' per-load "Loading weights" bar; read when it is imported
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def is_verbose() -> bool:

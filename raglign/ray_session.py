@@ -19,6 +19,7 @@ with Ray's own logging set-up, not by filtering text:
   ``ray.train.v2._internal.execution.controller.placement_group_cleaner``) each time it cannot
   -- always, on a local Ray without the dashboard, which serves that API (``state_api``).
 
+* transformers' bar of each model load in the driver is turned off;
 * what native code writes to the driver's own stderr descriptor -- Ray core's C++ logger,
   which prints its ERROR lines there as well as to its log files -- goes to the file too,
   while Python's ``sys.stderr`` (raglign's bars, warnings and errors) stays on the terminal
@@ -95,6 +96,7 @@ def ray_session(config: RayConfig | None = None, *, address: str | None = None,
         if quiet:  # kept until after the shutdown below, which forwards the last lines
             stack.enter_context(worker_output_to(handler))
             stack.enter_context(native_stderr_to(log_path))
+            stack.enter_context(no_model_loading_bars())
         stack.callback(ray.shutdown)
         yield ray.cluster_resources()
 
@@ -232,6 +234,22 @@ def native_stderr_to(path: Path) -> Iterator[None]:
             sys.stderr.close()  # closefd=False: the descriptor is closed below
             sys.stderr = before
         os.close(terminal)
+
+
+@contextlib.contextmanager
+def no_model_loading_bars() -> Iterator[None]:
+    """transformers' "Loading weights" bar, drawn by each model load in the driver (a retriever,
+    an evaluation's reranker), off until the block ends: a sub-second bar per load is Ray-log
+    material, not a stage's progress. Workers draw theirs into ray.log."""
+    from transformers.utils import logging as transformers_logging
+
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers_logging.enable_progress_bar()
 
 
 def _writes_to_terminal(handler: logging.Handler) -> bool:

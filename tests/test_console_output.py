@@ -15,7 +15,7 @@ import pytest
 
 from raglign.data.io import write_rows
 from raglign.data.schema import candidate, make_row
-from raglign.ray_session import worker_output_to
+from raglign.ray_session import no_model_loading_bars, worker_output_to
 from test_train import groups_dir, tiny_bert_dir  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,15 +43,12 @@ def label_job(tmp_path_factory, tiny_llama, smollm_tokenizer):
 
 
 def _label(label_job, out: Path, *flags: str) -> subprocess.CompletedProcess:
-    """The label CLI in a subprocess. Its actors' only output is transformers' bar while
-    loading the model, which raglign turns off unless told; here it is kept on, so that the
-    actors print lines that must land in ray.log."""
     model, data = label_job
     cmd = [sys.executable, "-m", "raglign", "label", data, str(out), "--signals",
            "answer_logprob", "--generator", model, "--dtype", "float32", "--actors", "2",
            "--batch-size", "2", *flags]
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_DISABLE_PROGRESS_BARS="0")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -143,3 +140,19 @@ def test_a_train_job_prints_its_lines_and_a_bar_of_steps(tmp_path, tiny_bert_dir
     terminal = proc.stdout + proc.stderr
     assert not [m for m in RAY_MARKS + ("(RayTrainWorker",) if m in terminal], terminal[-3000:]
     assert "(RayTrainWorker pid=" in (out / "ray.log").read_text()
+
+
+def test_model_loading_bars_are_off_only_inside_the_block():
+    """A quiet session turns transformers' "Loading weights" bar off in the driver and leaves
+    the process as it found it (a notebook's later loads draw their bars again)."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    with no_model_loading_bars():
+        assert not transformers_logging.is_progress_bar_enabled()
+    assert transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    with no_model_loading_bars():
+        pass
+    assert not transformers_logging.is_progress_bar_enabled()  # was off: stays off
+    transformers_logging.enable_progress_bar()
