@@ -140,9 +140,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping from ``path`` (a file or a storage URI, e.g. the ``best_train.yaml`` a
     sweep wrote to ``s3://``), with a clear error for missing files and bad YAML."""
     try:
-        data = yaml.safe_load(storage.read_text(path) if storage.is_remote(path)
-                              else Path(path).read_text())
-    except (FileNotFoundError, MissingInputError):
+        data = yaml.safe_load(storage.read_text(path))
+    except MissingInputError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None

@@ -331,7 +331,12 @@ def bar_plot(runs: list[dict], path: str | Path, metrics: list[str] | None = Non
              diffs: Mapping[str, Mapping[str, Mapping]] | None = None) -> str:
     """:func:`comparison_figure` saved as a PNG at ``path`` (a file or a storage URI);
     returns ``path``."""
-    fig = comparison_figure(runs, metrics, diffs)  # selects the Agg backend first
+    return save_png(comparison_figure(runs, metrics, diffs), path)
+
+
+def save_png(fig, path: str | Path) -> str:
+    """``fig`` as a PNG at ``path`` (a file or a storage URI: rendered in memory, written in one
+    piece), then closed; returns ``path``."""
     import matplotlib.pyplot as plt
 
     png = io.BytesIO()

@@ -10,7 +10,6 @@ best.json and the report say so: its checkpoint is then none, the starting model
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -20,6 +19,7 @@ from ray.tune import Callback
 
 from raglign import storage
 from raglign.config import dump_yaml
+from raglign.evaluate.report import save_png
 
 
 def _values(config: dict, keys) -> str:
@@ -252,7 +252,7 @@ def _plot_vs_params(cfg, ranked: list[dict], path: str) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(f"{storage.name(cfg.output)}: {len(ranked)} trials", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _plot_curves(metric: str, curves: dict, keys: list[str], path: str) -> None:
@@ -276,14 +276,4 @@ def _plot_curves(metric: str, curves: dict, keys: list[str], path: str) -> None:
     if len(curves) <= 16:
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path: str) -> None:
-    """A figure as a PNG at ``path`` (a file or a storage URI), closed."""
-    import matplotlib.pyplot as plt
-
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=120)
-    plt.close(fig)
-    storage.write_bytes(path, png.getvalue())
+    save_png(fig, path)
