@@ -142,7 +142,8 @@ def choose_remedy(out: Path, demo: Path, demo_cfg: dict, pdist_rows: Path, args)
     from raglign.pipeline.tune import run_tune
     from raglign.pipeline.tune_config import TuneJobConfig
 
-    sweep = out / "tune_pdist_anchor"
+    sweep = out / ("tune_pdist_anchor-" + "_".join(map(str, args.anchors)) + "-temperature-"
+                   + "_".join(map(str, args.temperatures)))  # a new grid is a new sweep
     best = sweep / "best.json"
     if not best.exists():
         train = {"data": str(pdist_rows), "output": str(sweep / "unused"),
@@ -154,7 +155,7 @@ def choose_remedy(out: Path, demo: Path, demo_cfg: dict, pdist_rows: Path, args)
             max_concurrent_trials=args.trials_at_once, max_failures=2,
             param_space={"train.anchor": {"grid": args.anchors},
                          "train.temperature": {"grid": args.temperatures}}), progress=log)
-    chosen = json.loads(best.read_text())
+    chosen = {**json.loads(best.read_text()), "sweep": sweep.name}
     log(f"remedy chosen on validation: {chosen['values']} (val_mrr {chosen['value']:.3f})")
     return chosen
 
@@ -188,11 +189,13 @@ def train_runs(runs: dict[str, tuple], out: Path, demo: Path, demo_cfg: dict,
     models = {}
     for run, (objective, data, extra) in runs.items():
         demo_model = demo / "train" / run / "model"
-        models[run] = demo_model if demo_model.exists() else out / "train" / run / "model"
+        # a remedy's run is named by its settings: another remedy chosen later trains anew
+        trained = out / "train" / "-".join([run] + [f"{k}{v}" for k, v in sorted(extra.items())])
+        models[run] = demo_model if demo_model.exists() else trained / "model"
         if models[run].exists():
             continue
         t = time.monotonic()
-        train(TrainConfig(data=str(data), output=str(out / "train" / run),
+        train(TrainConfig(data=str(data), output=str(trained),
                           model=demo_cfg["reranker"], kind=demo_cfg["reranker_kind"],
                           objective=objective, run_name=f"distill-{run}",
                           **{**demo_cfg["training"], "num_workers": args.train_workers},
@@ -208,7 +211,7 @@ def evaluate_runs(out: Path, demo: Path, demo_cfg: dict, models: dict[str, Path]
 
     reports = {}
     for name, model in {"base": demo_cfg["reranker"], **models}.items():
-        path = out / "eval" / split / f"{name}.json"
+        path = out / "eval" / split / f"{Path(model).parent.name if name != 'base' else name}.json"
         if not path.exists():
             evaluate(EvalConfig(data=str(demo / "split" / split), output=str(path), name=name,
                                 reranker=str(model), reranker_kind=demo_cfg["reranker_kind"],
@@ -385,7 +388,7 @@ def report(out: Path, args, demo: Path, demo_cfg: dict, teachers: Teachers, reme
     result = {
         "demo": str(demo), "teachers": teacher_quality(teachers, runs),
         "remedy": {**{k: remedy[k] for k in ("metric", "value", "base_value", "values")},
-                   "sweep": "OUT/tune_pdist_anchor"},
+                   "sweep": f"OUT/{remedy['sweep']}"},
         "test": {n: {k: v for k, v in r.items() if k == "n" or k.split("_ci")[0] in METRICS}
                  for n, r in test.items()},
         "train_split": {"base": {m: train_split["base"][m] for m in HEADLINE}},

@@ -130,6 +130,21 @@ class GumbelOptions(GumbelMaskOptions):
     def _moved(cls, data):
         return _moved_to_generator(data)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_gpus(cls, data):
+        """A vLLM reader's actor holds its engine's GPUs unless told otherwise."""
+        if not isinstance(data, dict) or "reward_actor_gpus" in data:
+            return data
+        g = data.get("generator")
+        if isinstance(g, dict) and g.get("backend") == "vllm":
+            tp = (g.get("vllm") or {}).get("tensor_parallel_size", 1)
+        elif isinstance(g, GeneratorSpec) and g.backend == "vllm":
+            tp = g.vllm.tensor_parallel_size
+        else:
+            return data
+        return {**data, "reward_actor_gpus": tp}
+
     @model_validator(mode="after")
     def _transformers_only(self) -> GumbelOptions:
         _worker_generator(self.generator, "G-Rerank's generator",
@@ -157,9 +172,9 @@ class RRPOOptions(StrictModel):
     workers (own CPUs / GPUs); every worker sends its subsets to the actor a stable hash of
     (question, chosen set) names, so one cache serves all workers and no subset is read twice.
     There the reader takes any ``generator.backend``, as labelling does: transformers (on CUDA
-    when ``reward_actor_gpus > 0``), vLLM (its engines reserve their own GPUs through Ray Data,
-    so the actor holds none) or an OpenAI-compatible server (``http``; F1/EM need its
-    ``endpoint: completions``). With ``reward_actors: 0`` the reader is loaded in every Train
+    when ``reward_actor_gpus > 0``), vLLM (one engine inside each actor, loaded once, on the
+    ``reward_actor_gpus = vllm.tensor_parallel_size`` GPUs the actor holds) or an
+    OpenAI-compatible server (``http``; F1/EM need its ``endpoint: completions``). With ``reward_actors: 0`` the reader is loaded in every Train
     worker, on the transformers backend only.
 
     PPO: the ``batch_size`` questions of a step are one rollout (episodes sampled, rewarded and
@@ -190,8 +205,10 @@ class RRPOOptions(StrictModel):
                                "every Train worker; 0: each worker loads its own reader "
                                "(local mode, num_workers 0, needs 0 and defaults to it)")
     reward_actor_cpus: float = Field(1.0, gt=0, description="CPUs reserved per reward actor")
-    reward_actor_gpus: float = Field(0.0, ge=0, description="GPUs per reward actor (> 0: the "
-                                     "reader runs on CUDA; fractions share a GPU)")
+    reward_actor_gpus: float = Field(0.0, ge=0, description="GPUs per reward actor (> 0: a "
+                                     "transformers reader runs on CUDA; fractions share a "
+                                     "GPU); a vLLM reader's engine needs its "
+                                     "tensor_parallel_size, the default there")
     reward_actor_restarts: int = Field(3, ge=-1, description="times a dead reward actor is "
                                        "replaced (-1: always); a replacement starts cache-less")
 
@@ -199,6 +216,21 @@ class RRPOOptions(StrictModel):
     @classmethod
     def _moved(cls, data):
         return _moved_to_generator(data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_gpus(cls, data):
+        """A vLLM reader's actor holds its engine's GPUs unless told otherwise."""
+        if not isinstance(data, dict) or "reward_actor_gpus" in data:
+            return data
+        g = data.get("generator")
+        if isinstance(g, dict) and g.get("backend") == "vllm":
+            tp = (g.get("vllm") or {}).get("tensor_parallel_size", 1)
+        elif isinstance(g, GeneratorSpec) and g.backend == "vllm":
+            tp = g.vllm.tensor_parallel_size
+        else:
+            return data
+        return {**data, "reward_actor_gpus": tp}
 
     @model_validator(mode="after")
     def _reader_backend(self) -> RRPOOptions:
@@ -215,13 +247,14 @@ class RRPOOptions(StrictModel):
                                  "(rrpo.reward_actor_gpus > 0: CUDA); leave generator.device "
                                  "auto")
             return self
-        if self.reward_actor_gpus > 0:
-            raise ValueError(f"rrpo.reward_actor_gpus applies to the transformers backend: "
-                             f"backend {g.backend!r} " + (
-                                 "reserves its engines' GPUs itself (generator.vllm: "
-                                 "tensor_parallel_size, concurrency), which a GPU held by the "
-                                 "actor would starve" if g.backend == "vllm" else
-                                 "runs the model on its server") + "; leave it 0")
+        if g.backend == "vllm" and self.reward_actor_gpus != g.vllm.tensor_parallel_size:
+            raise ValueError(f"rrpo.reward_actor_gpus: {self.reward_actor_gpus:g}, but a vLLM "
+                             "reader runs its engine inside each reward actor, on the GPUs the "
+                             "actor holds: set it to generator.vllm.tensor_parallel_size "
+                             f"({g.vllm.tensor_parallel_size})")
+        if g.backend == "http" and self.reward_actor_gpus > 0:
+            raise ValueError("rrpo.reward_actor_gpus applies to readers in the actor: backend "
+                             "'http' runs the model on its server; leave it 0")
         if g.backend == "http" and self.reward != "logprob" and g.http.endpoint != "completions":
             raise ValueError(f"rrpo.reward {self.reward!r} on backend 'http': the reader renders "
                              "its QA prompt locally, as the other backends see it, and sends it "

@@ -236,7 +236,7 @@ def test_workers_and_reward_actors_must_fit_a_fixed_ray(monkeypatch):
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cfg = TrainConfig(data="d", output="o", objective="rrpo", num_workers=2)
-    with pytest.raises(ConfigError, match=r"needs 3 CPUs \(2 Train workers \+ 1 RRPO reward "
+    with pytest.raises(ConfigError, match=r"needs 3 CPUs \(2 for 2 Train workers \+ 1 RRPO reward "
                                           r"actors x 1\) but this Ray has 2"):
         _check_fits(cfg, {"CPU": 2.0})
     _check_fits(cfg.model_copy(update={"num_workers": 1}), {"CPU": 2.0})

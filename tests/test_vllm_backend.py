@@ -316,3 +316,20 @@ def test_vllm_generator_scores_equal_the_transformers_backend(ray_local, tiny_ll
     with pytest.raises(DataError, match="answer"):
         gen.score(prompts[:1], [""])
 
+
+
+def test_an_in_process_engine_uses_the_gpus_its_process_holds():
+    """A reward actor's engine (``in_process``): vLLM's single-process executor on one GPU, its
+    multiprocessing executor for tensor parallelism, and Ray's own engine stage then asks for
+    exactly ``tensor_parallel_size`` GPUs, the ``reward_actor_gpus`` the train config requires;
+    the Ray executor (which needs a placement group of its own) is refused."""
+    from raglign.models.processor_generator import in_process_engine
+
+    for tp, executor in ((1, "uni"), (2, "mp")):
+        cfg = in_process_engine(vb.VLLMConfig(model="smollm2-135m", tensor_parallel_size=tp))
+        assert cfg.engine_kwargs["distributed_executor_backend"] == executor
+        stage = next(iter(vb.prompt_scoring_spec(cfg).build().stages.values()))
+        assert stage.map_batches_kwargs["num_gpus"] == tp
+    with pytest.raises(ConfigError, match="'ray' cannot run an engine inside the reward actor"):
+        in_process_engine(vb.VLLMConfig(model="smollm2-135m",
+                                        engine_kwargs={"distributed_executor_backend": "ray"}))

@@ -198,13 +198,16 @@ def moved_keys(data: Any, keys: tuple[str, ...], block: str = "generator") -> No
                          f"block now: write {block}: {{name: {name}, {inner}}}")
 
 
-def build_generator(spec: GeneratorSpec, **kwargs: Any) -> Generator:
+def build_generator(spec: GeneratorSpec, *, in_process: bool = False,
+                    **kwargs: Any) -> Generator:
     """The :class:`~raglign.models.generator.Generator` of ``spec``: a
     :class:`~raglign.models.generator.TransformersGenerator` (``kwargs`` go to its
     constructor: batch and token budgets), or a ``ray.data.llm``-backed
     :class:`~raglign.models.processor_generator.VLLMGenerator` /
-    :class:`~raglign.models.processor_generator.HttpGenerator`. Imported here, on call, so
-    that validating a config that embeds a spec loads neither torch nor transformers."""
+    :class:`~raglign.models.processor_generator.HttpGenerator` (``in_process``: its
+    processor's stages run in this process, the engine kept between calls). Imported here, on
+    call, so that validating a config that embeds a spec loads neither torch nor
+    transformers."""
     if spec.backend == "transformers":
         from raglign.models.generator import TransformersGenerator
 
@@ -216,5 +219,5 @@ def build_generator(spec: GeneratorSpec, **kwargs: Any) -> Generator:
     from raglign.models.processor_generator import HttpGenerator, VLLMGenerator
 
     if spec.backend == "vllm":
-        return VLLMGenerator(spec.vllm_config())
-    return HttpGenerator(spec.http_config())
+        return VLLMGenerator(spec.vllm_config(), in_process)
+    return HttpGenerator(spec.http_config(), in_process)

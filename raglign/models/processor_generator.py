@@ -9,6 +9,14 @@ the backend's processor over it (the same ``build_processor`` pipeline as the la
 the outputs back in input order; a request that does not come back is an error, never a dropped
 row.
 
+A caller that sends many small batches from one process — an RRPO reward actor, once per
+rollout — would pay for a new pipeline per call, and on vLLM for a new engine (minutes of weight
+loading each time). With ``in_process=True`` the processor's stages run in the calling process
+instead: each stage's UDF (Ray's own ``vLLMEngineStageUDF`` / ``HttpRequestUDF``, wrapped by
+Ray's own preprocess and postprocess) is built on the first call and kept, so the engine loads
+once and serves every later call, generation and scoring alike (both use one engine config).
+The caller then holds the engine's GPUs itself (one per tensor-parallel rank).
+
 Prompts are rendered and tokenised on the driver exactly as the transformers backend does
 (``encode_prompt(prompt) + encode_piece(answer_continuation(answer))``), so for the same model a
 vLLM score is the transformers score of the same token ids. The HTTP server tokenises the text
@@ -17,11 +25,12 @@ itself: its scores follow the server's tokenizer on the joined text (docs/genera
 
 from __future__ import annotations
 
+import asyncio
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from raglign.errors import DataError
+from raglign.errors import ConfigError, DataError
 from raglign.models import http_backend, vllm_backend
 from raglign.models.generator import (
     GenerationParams,
@@ -44,6 +53,12 @@ class ProcessorGenerator(Generator):
     Ray session, like any Ray Data job."""
 
     tokenizer: Any
+    in_process: bool = False
+
+    def __init__(self, in_process: bool = False):
+        self.in_process = in_process
+        self._udfs: dict[tuple[str, str], Any] = {}  # (stage, its constructor kwargs) -> UDF
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @abstractmethod
     def generation_spec(self, params: GenerationParams) -> ProcessorSpec:
@@ -64,6 +79,40 @@ class ProcessorGenerator(Generator):
     def apply(self, spec: ProcessorSpec, ds):
         """Run the built processor over a Dataset (tests put an engine stand-in here)."""
         return spec.build()(ds)
+
+    def stage_udf(self, stage: Any, kwargs: dict) -> Any:
+        """A processor stage's UDF, built as Ray Data's ``map_batches`` builds it (tests put an
+        engine stand-in here)."""
+        return stage.fn(**kwargs)
+
+    def run_in_process(self, spec: ProcessorSpec, items: list[dict]) -> list[dict]:
+        """The processor of ``spec`` over ``items`` in this process: Ray's wrapped preprocess,
+        each stage's kept UDF over batches of the processor's ``batch_size`` (all batches in
+        flight at once, as Ray Data runs an async stage), Ray's wrapped postprocess."""
+        processor = spec.build()
+        column = processor.DATA_COLUMN
+        if self._loop is None:  # one loop for the process: an async engine is bound to it
+            self._loop = asyncio.new_event_loop()
+        data = [processor.preprocess(item)[column] for item in items]
+        size = processor.config.batch_size
+        for name, stage in processor.stages.items():
+            kwargs = stage.get_dataset_map_batches_kwargs(batch_size=size, data_column=column)
+            key = (name, repr(sorted(kwargs["fn_constructor_kwargs"].items())))
+            if key not in self._udfs:
+                self._udfs[key] = self.stage_udf(stage, kwargs["fn_constructor_kwargs"])
+            udf = self._udfs[key]
+
+            async def run(batch: list[dict]) -> list[dict]:
+                return [row for out in [o async for o in udf({column: batch})]
+                        for row in out.get(column, [])]
+
+            async def run_all(chunks: list[list[dict]]) -> list[list[dict]]:
+                return await asyncio.gather(*(run(c) for c in chunks))
+
+            chunks = [data[i:i + size] for i in range(0, len(data), size)]
+            data = [row for chunk in self._loop.run_until_complete(run_all(chunks))
+                    for row in chunk]
+        return [processor.postprocess({column: row}) for row in data]
 
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams | None = None,
                  **overrides) -> list[str]:
@@ -88,7 +137,9 @@ class ProcessorGenerator(Generator):
         if not requests:
             return []
         items = [{INDEX: i, **r} for i, r in enumerate(requests)]
-        by_index = {int(r[INDEX]): r for r in self.apply(spec, ray.data.from_items(items)).take_all()}
+        done = (self.run_in_process(spec, items) if self.in_process
+                else self.apply(spec, ray.data.from_items(items)).take_all())
+        by_index = {int(r[INDEX]): r for r in done}
         missing = [i for i in range(len(items)) if i not in by_index]
         if missing:
             raise RuntimeError(f"{len(missing)} of {len(items)} requests came back without a "
@@ -100,9 +151,10 @@ class VLLMGenerator(ProcessorGenerator):
     """vLLM engines through ``ray.data.llm`` (needs ``raglign[vllm]`` and a GPU): prompt ids in
     ``tokenized_prompt``, scores from ``prompt_logprobs``."""
 
-    def __init__(self, config: vllm_backend.VLLMConfig):
+    def __init__(self, config: vllm_backend.VLLMConfig, in_process: bool = False):
         vllm_backend.require_vllm()
-        self.config = config
+        super().__init__(in_process)
+        self.config = in_process_engine(config) if in_process else config
         self.tokenizer = tokenizer_for(resolve_model(config.model))
 
     def generation_spec(self, params: GenerationParams) -> ProcessorSpec:
@@ -126,7 +178,8 @@ class HttpGenerator(ProcessorGenerator):
     completions and needs a server that honours ``echo`` with ``logprobs`` (llama.cpp's does,
     ``transformers serve`` does not)."""
 
-    def __init__(self, config: http_backend.HttpConfig):
+    def __init__(self, config: http_backend.HttpConfig, in_process: bool = False):
+        super().__init__(in_process)
         self.config = config
         self.tokenizer = tokenizer_for(resolve_model(config.tokenizer or config.model))
 
@@ -142,3 +195,19 @@ class HttpGenerator(ProcessorGenerator):
     def scoring_request(self, prompt: Prompt, answer: str) -> dict:
         return {"prompt_text": prompt_text(prompt),
                 "answer_text": answer_continuation(self.tokenizer, answer)}
+
+
+def in_process_engine(config: vllm_backend.VLLMConfig) -> vllm_backend.VLLMConfig:
+    """``config`` for an engine that runs inside the calling process on the GPUs it holds:
+    vLLM's single-process executor for one GPU, its multiprocessing executor over the
+    process's GPUs for tensor parallelism (Ray Data's default there, the Ray executor, places
+    its workers in a placement group of the map_batches actor, which a caller's actor does not
+    have)."""
+    executor = "uni" if config.tensor_parallel_size == 1 else "mp"
+    chosen = config.engine_kwargs.get("distributed_executor_backend", executor)
+    if chosen != executor:
+        raise ConfigError(f"vllm.engine_kwargs.distributed_executor_backend: {chosen!r} cannot "
+                          f"run an engine inside the reward actor; leave it out ({executor!r})")
+    return config.model_copy(update={"engine_kwargs": {**config.engine_kwargs,
+                                                       "distributed_executor_backend": executor}})
+

@@ -59,9 +59,9 @@ class RewardActor:
 
 def start_reward_actors(options: RRPOOptions) -> list:
     """``options.reward_actors`` reward actors, each reserving ``reward_actor_cpus`` CPUs and
-    ``reward_actor_gpus`` GPUs (a transformers reader on CUDA when > 0; the config keeps it 0
-    for vLLM, whose engines reserve their GPUs through Ray Data, and for an HTTP server); they
-    load their readers in the background."""
+    ``reward_actor_gpus`` GPUs (a transformers reader on CUDA when > 0; a vLLM reader's engine,
+    kept in the actor, on all of them; none for an HTTP server); they load their readers in
+    the background."""
     device = "cuda" if options.reward_actor_gpus > 0 else "cpu"
     cls = ray.remote(RewardActor)
     actors = []

@@ -122,27 +122,23 @@ def _checkpoint_config(cfg: TrainConfig):
 
 def _check_fits(cfg: TrainConfig, resources: dict) -> None:
     """On a fixed-size Ray (local, or a cluster without an autoscaler to grow it), the Train
-    workers and RRPO's reward actors must fit together, or Ray Train waits for them forever. A
-    vLLM or HTTP reader runs a ``ray.data.llm`` processor from its actor, whose stage tasks need
-    a CPU of their own beside the actor's (counted here; vLLM engines' GPUs are not)."""
+    workers and RRPO's reward actors must fit together, or Ray Train waits for them forever
+    (every reader, vLLM and HTTP included, runs inside its actor's own reservation)."""
     import os
 
     if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
         return  # a cluster may scale up to what the job asks for
     actors = cfg.rrpo.reward_actors if cfg.rrpo is not None else 0
-    processor = 1.0 if actors and cfg.rrpo.generator.backend != "transformers" else 0.0
     for unit, workers, per_actor in [
             ("CPU", cfg.num_workers * cfg.cpus_per_worker,
-             cfg.rrpo.reward_actor_cpus + processor if actors else 0.0),
+             cfg.rrpo.reward_actor_cpus if actors else 0.0),
             ("GPU", cfg.num_workers if cfg.use_gpu else 0,
              cfg.rrpo.reward_actor_gpus if actors else 0.0)]:
         need = workers + actors * per_actor
         if need > resources.get(unit, 0.0) + 1e-9:
             raise ConfigError(
-                f"the job needs {need:g} {unit}s ({cfg.num_workers} Train workers"
+                f"the job needs {need:g} {unit}s ({workers:g} for {cfg.num_workers} Train workers"
                 + (f" + {actors} RRPO reward actors x {per_actor:g}" if actors else "")
-                + (" with 1 for each reader's ray.data.llm stages" if processor and unit == "CPU"
-                   else "")
                 + f") but this Ray has {resources.get(unit, 0.0):g}: lower num_workers, "
                 f"cpus_per_worker / use_gpu" + (", rrpo.reward_actors or its CPUs / GPUs"
                                                 if actors else ""))

@@ -52,16 +52,16 @@ def answer_reward(kind: str, prediction: str, answers: list[str],
 
 def reader_generator(options: RRPOOptions, device: str) -> Generator:
     """The frozen reader of ``options``: the one place that builds it, for the in-worker reader
-    and the reward actors alike. ``device`` places a transformers reader; a vLLM reader's
-    engines are placed by Ray Data and an HTTP reader's model lives on its server, so neither
-    takes one (their ``score`` / ``generate`` run a ``ray.data.llm`` processor per call, as
-    labelling does: :mod:`raglign.models.processor_generator`)."""
+    and the reward actors alike. ``device`` places a transformers reader. A vLLM or HTTP
+    reader runs its ``ray.data.llm`` processor's stages in the calling process, built once
+    (:mod:`raglign.models.processor_generator`, ``in_process``): a vLLM engine loads once on
+    the actor's GPUs and serves every rollout, an HTTP reader keeps its client."""
     from raglign.models.generator_spec import build_generator
 
     spec = options.generator
     if spec.backend == "transformers":
-        spec = spec.model_copy(update={"device": device})
-    return build_generator(spec)
+        return build_generator(spec.model_copy(update={"device": device}))
+    return build_generator(spec, in_process=True)
 
 
 class RewardSource(ABC):
