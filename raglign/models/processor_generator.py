@@ -100,18 +100,8 @@ class ProcessorGenerator(Generator):
             key = (name, repr(sorted(kwargs["fn_constructor_kwargs"].items())))
             if key not in self._udfs:
                 self._udfs[key] = self.stage_udf(stage, kwargs["fn_constructor_kwargs"])
-            udf = self._udfs[key]
-
-            async def run(batch: list[dict]) -> list[dict]:
-                return [row for out in [o async for o in udf({column: batch})]
-                        for row in out.get(column, [])]
-
-            async def run_all(chunks: list[list[dict]]) -> list[list[dict]]:
-                return await asyncio.gather(*(run(c) for c in chunks))
-
             chunks = [data[i:i + size] for i in range(0, len(data), size)]
-            data = [row for chunk in self._loop.run_until_complete(run_all(chunks))
-                    for row in chunk]
+            data = self._loop.run_until_complete(_through_stage(self._udfs[key], column, chunks))
         return [processor.postprocess({column: row}) for row in data]
 
     def generate(self, prompts: Sequence[Prompt], params: GenerationParams | None = None,
@@ -145,6 +135,16 @@ class ProcessorGenerator(Generator):
             raise RuntimeError(f"{len(missing)} of {len(items)} requests came back without a "
                                f"result (first: request {missing[0]})")
         return [by_index[i] for i in range(len(items))]
+
+
+async def _through_stage(udf: Any, column: str, chunks: list[list[dict]]) -> list[dict]:
+    """The rows of ``chunks`` after one stage UDF, each chunk a batch, all batches at once."""
+
+    async def one(batch: list[dict]) -> list[dict]:
+        return [row for out in [o async for o in udf({column: batch})]
+                for row in out.get(column, [])]
+
+    return [row for done in await asyncio.gather(*(one(c) for c in chunks)) for row in done]
 
 
 class VLLMGenerator(ProcessorGenerator):
