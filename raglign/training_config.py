@@ -130,21 +130,6 @@ class GumbelOptions(GumbelMaskOptions):
     def _moved(cls, data):
         return _moved_to_generator(data)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _engine_gpus(cls, data):
-        """A vLLM reader's actor holds its engine's GPUs unless told otherwise."""
-        if not isinstance(data, dict) or "reward_actor_gpus" in data:
-            return data
-        g = data.get("generator")
-        if isinstance(g, dict) and g.get("backend") == "vllm":
-            tp = (g.get("vllm") or {}).get("tensor_parallel_size", 1)
-        elif isinstance(g, GeneratorSpec) and g.backend == "vllm":
-            tp = g.vllm.tensor_parallel_size
-        else:
-            return data
-        return {**data, "reward_actor_gpus": tp}
-
     @model_validator(mode="after")
     def _transformers_only(self) -> GumbelOptions:
         _worker_generator(self.generator, "G-Rerank's generator",
