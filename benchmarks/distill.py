@@ -179,27 +179,44 @@ def method_runs(method: str, teachers: Teachers, out: Path, remedy: dict) -> dic
     return runs
 
 
+def _unanchored(run: Path) -> bool:
+    """Whether a training run under ``run`` exists and trained without the base anchor."""
+    import yaml
+
+    from raglign.training_config import DEFAULT_ANCHOR
+
+    saved = run / "train_config.yaml"
+    if not (run / "model").exists() or not saved.exists():
+        return False
+    cfg = yaml.safe_load(saved.read_text())
+    anchor = cfg.get("anchor", 0.0)  # runs older than the anchor had none
+    return (DEFAULT_ANCHOR.get((cfg["kind"], cfg["objective"]), 0.0) if anchor is None
+            else anchor) == 0
+
+
 def train_runs(runs: dict[str, tuple], out: Path, demo: Path, demo_cfg: dict,
                args) -> dict[str, Path]:
     """Trained model directories, ``{run name: model dir}``; the demo's own plain PDist and
-    RADIO students are reused."""
+    RADIO students are reused when they trained without the anchor (older demos; the demo now
+    anchors PDist by default)."""
     from raglign.pipeline.train import train
     from raglign.training_config import TrainConfig
 
     models = {}
     for run, (objective, data, extra) in runs.items():
-        demo_model = demo / "train" / run / "model"
         # a remedy's run is named by its settings: another remedy chosen later trains anew
         trained = out / "train" / "-".join([run] + [f"{k}{v}" for k, v in sorted(extra.items())])
-        models[run] = demo_model if demo_model.exists() else trained / "model"
+        reused = demo / "train" / run  # the demo's student, when it trained unanchored
+        models[run] = reused / "model" if not extra and _unanchored(reused) else trained / "model"
         if models[run].exists():
             continue
         t = time.monotonic()
         train(TrainConfig(data=str(data), output=str(trained),
                           model=demo_cfg["reranker"], kind=demo_cfg["reranker_kind"],
                           objective=objective, run_name=f"distill-{run}",
-                          **{**demo_cfg["training"], "num_workers": args.train_workers},
-                          **extra))
+                          # plain and control unanchored, whatever the default
+                          **{**demo_cfg["training"], "num_workers": args.train_workers,
+                             "anchor": 0.0, **extra}))
         log(f"train {run}: {time.monotonic() - t:.0f}s")
     return models
 

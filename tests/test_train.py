@@ -415,6 +415,27 @@ def test_anchor_is_for_score_objectives_only(tmp_path, groups_dir, tiny_bert_dir
         _cfg(groups_dir, tiny_bert_dir, tmp_path, objective="gumbel", anchor=0.5)
 
 
+def test_an_unset_anchor_takes_the_default_of_its_kind_and_objective(tmp_path, groups_dir,
+                                                                      tiny_bert_dir):
+    """A bi-encoder KL or EMDR student is anchored at 0.5 unless told otherwise (the
+    distillation benchmark's evidence); cross-encoders, InfoNCE and REPLUG are not; a given
+    anchor, 0 included, always wins, and the loss holds a frozen base exactly when one is in
+    effect."""
+    from raglign.training.loss import build_loss
+
+    def weight(**kw):
+        cfg = _cfg(groups_dir, tiny_bert_dir, tmp_path, **kw)
+        base = build_loss(cfg, torch.device("cpu")).base
+        assert (base is not None) == (cfg.anchor_weight > 0)
+        return cfg.anchor_weight
+
+    assert weight(kind="bi", objective="kl") == weight(kind="bi", objective="emdr") == 0.5
+    assert weight(kind="cross", objective="kl") == weight(kind="bi", objective="infonce") == 0.0
+    assert weight(kind="bi", objective="replug") == 0.0
+    assert weight(kind="bi", objective="kl", anchor=0.0) == 0.0
+    assert weight(kind="cross", objective="infonce", anchor=0.2) == 0.2
+
+
 # --- Ray Train: 2 DDP workers, stop at max_steps, resume --------------------------------------
 
 def test_two_worker_ddp_resumes_and_matches_uninterrupted_training(

@@ -53,11 +53,11 @@ class ScoreLoss(Loss):
         self.params = LossParams(cfg.score_temperature, cfg.beta, cfg.in_batch_negatives,
                                  cfg.kind)
         self.device = device
-        self.anchor = cfg.anchor
+        self.anchor = cfg.anchor_weight
         # The frozen starting reranker, scored like the student (in-batch shape included); it
         # is rebuilt from the config, so a run resumed from a checkpoint anchors to the same base.
         self.base = (scorer_class()(build_reranker(cfg, device).eval().requires_grad_(False),
-                                    cfg.in_batch_negatives) if cfg.anchor else None)
+                                    cfg.in_batch_negatives) if self.anchor else None)
         self._anchor_kl: list[float] = []
 
     @staticmethod
@@ -97,8 +97,8 @@ class ScoreLoss(Loss):
 
     @classmethod
     def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
-        anchor = (f"; anchored to the base: (1 - {cfg.anchor}) x loss + {cfg.anchor} x "
-                  "KL(p_base || p_R)" if cfg.anchor else "")
+        a = cfg.anchor_weight
+        anchor = f"; anchored to the base: (1 - {a}) x loss + {a} x KL(p_base || p_R)" if a else ""
         return (f"per-document field `{OBJECTIVES[cfg.objective].rows}`",
                 f"{cls.description}; score temperature {cfg.score_temperature}{anchor}")
 
