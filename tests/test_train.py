@@ -261,8 +261,9 @@ def test_cli_bi_encoder_kl_on_soft_targets_learns(tmp_path, tiny_bert_dir, capsy
         del r["labels"]
     data = _write(rows, tmp_path / "targets")
     job = tmp_path / "job.yaml"
+    # the plain objective (a bi-encoder's kl is anchored to its base by default)
     job.write_text(dump_yaml(_cfg(data, tiny_bert_dir, tmp_path / "out", kind="bi", objective="kl",
-                                  num_workers=2)))
+                                  num_workers=2, anchor=0.0)))
     # flags override the YAML: local mode and the bi-encoder's temperature
     assert main(["train", "--config", str(job), "--num-workers", "0", "--temperature", "0.05"]) == 0
     assert "trained 8/8 steps" in capsys.readouterr().out

@@ -53,7 +53,6 @@ class ProcessorGenerator(Generator):
     Ray session, like any Ray Data job."""
 
     tokenizer: Any
-    in_process: bool = False
 
     def __init__(self, in_process: bool = False):
         self.in_process = in_process
@@ -210,4 +209,3 @@ def in_process_engine(config: vllm_backend.VLLMConfig) -> vllm_backend.VLLMConfi
                           f"run an engine inside the reward actor; leave it out ({executor!r})")
     return config.model_copy(update={"engine_kwargs": {**config.engine_kwargs,
                                                        "distributed_executor_backend": executor}})
-
