@@ -183,15 +183,15 @@ def _unanchored(run: Path) -> bool:
     """Whether a training run under ``run`` exists and trained without the base anchor."""
     import yaml
 
-    from raglign.training_config import DEFAULT_ANCHOR
+    from raglign.training_config import TrainConfig
 
     saved = run / "train_config.yaml"
     if not (run / "model").exists() or not saved.exists():
         return False
     cfg = yaml.safe_load(saved.read_text())
-    anchor = cfg.get("anchor", 0.0)  # runs older than the anchor had none
-    return (DEFAULT_ANCHOR.get((cfg["kind"], cfg["objective"]), 0.0) if anchor is None
-            else anchor) == 0
+    # the anchor in effect, by TrainConfig's own rule; runs older than the anchor had none
+    return TrainConfig(data="-", output="-", kind=cfg["kind"], objective=cfg["objective"],
+                       anchor=cfg.get("anchor", 0.0)).anchor_weight == 0
 
 
 def train_runs(runs: dict[str, tuple], out: Path, demo: Path, demo_cfg: dict,
