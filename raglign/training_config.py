@@ -175,6 +175,14 @@ class RRPOOptions(StrictModel):
     does once an update moves the policy by more than ε on a step); 4 epochs
     is PPO's usual setting, ``ppo_epochs: 1, minibatches: 1`` one policy-gradient step per
     rollout.
+
+    ``overlap_rollouts``: without it a step is a rollout (the worker waits for the reader) then
+    the updates (the reader waits for the worker), strictly in turn. With it the episodes of the
+    next step are sampled from the policy before this step's updates and sent to the reward
+    actors at once, so the reader works while the worker updates: one step off-policy (as
+    OpenRLHF's ``--async_train``), which the stored log-probabilities of the sampling policy and
+    the clip absorb. A step that ends in a checkpoint does not look ahead, so a resumed run
+    samples what an uninterrupted one does.
     """
 
     generator: GeneratorSpec = Field(GeneratorSpec(name="smollm2-135m"),
@@ -192,6 +200,9 @@ class RRPOOptions(StrictModel):
     ppo_epochs: PositiveInt = Field(4, description="passes over each rollout batch")
     minibatches: PositiveInt = Field(1, description="optimizer steps per pass; divides "
                                                     "grad_accumulation")
+    overlap_rollouts: bool = Field(False, description="read the next batch's rewards in the "
+                                   "reward actors while this batch's PPO updates run (one step "
+                                   "off-policy); needs reward_actors >= 1")
     reward_actors: int = Field(1, ge=0, description="Ray actors holding the reader, shared by "
                                "every Train worker; 0: each worker loads its own reader "
                                "(local mode, num_workers 0, needs 0 and defaults to it)")
@@ -226,6 +237,10 @@ class RRPOOptions(StrictModel):
     @model_validator(mode="after")
     def _reader_backend(self) -> RRPOOptions:
         g = self.generator
+        if self.overlap_rollouts and not self.reward_actors:
+            raise ValueError("rrpo.overlap_rollouts reads the next batch's rewards while the "
+                             "worker updates, which needs a reader apart from the worker: set "
+                             "rrpo.reward_actors >= 1 (num_workers >= 1)")
         if not self.reward_actors:
             _worker_generator(g, "RRPO's reader", "is loaded in every training worker "
                               "(rrpo.reward_actors: 0); set rrpo.reward_actors >= 1 (Ray "

@@ -43,7 +43,8 @@ def test_the_papers_gpu_recipes_validate(offline):
             grerank.gumbel.generator.dtype, grerank.use_gpu) == (
         "gumbel", LLAMA, "transformers", "bfloat16", True)
     rrpo = jobs["train_rrpo_hotpotqa"]
-    assert (rrpo.rrpo.generator.name, rrpo.rrpo.k, rrpo.model, rrpo.use_gpu) == (QWEN, 3, BGE, True)
+    assert (rrpo.rrpo.generator.name, rrpo.rrpo.k, rrpo.model, rrpo.use_gpu,
+            rrpo.rrpo.overlap_rollouts) == (QWEN, 3, BGE, True, True)
     for name, reader, k in (("eval_radio_nq", LLAMA, 5), ("eval_grerank_hotpotqa", LLAMA, 5),
                             ("eval_rrpo_hotpotqa", QWEN, 3)):
         ev = jobs[name]

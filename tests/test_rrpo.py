@@ -219,14 +219,18 @@ def test_rrpo_config_defaults_and_errors(tmp_path):
     assert TrainConfig(data="d", output="o").rrpo is None
     recipe = load_job(Path(__file__).resolve().parents[1] / "jobs" / "train_rrpo_hotpotqa.yaml")
     assert isinstance(recipe, TrainConfig) and recipe.objective == "rrpo"
-    assert (recipe.rrpo.k, recipe.rrpo.reward, recipe.score_temperature) == (3, "f1", 1.0)
+    assert (recipe.rrpo.k, recipe.rrpo.reward, recipe.score_temperature,
+            recipe.rrpo.overlap_rollouts, r.overlap_rollouts) == (3, "f1", 1.0, True, False)
     for bad, match in [({"rrpo": {"k": 3}}, "applies to objective 'rrpo' only"),
                        ({"objective": "rrpo", "rrpo": {"reward": "bleu"}}, "rrpo.reward"),
                        ({"objective": "rrpo", "rrpo": {"clip_eps": 0}}, "rrpo.clip_eps"),
                        ({"objective": "rrpo", "num_workers": 0, "rrpo": {"reward_actors": 2}},
                         "set rrpo.reward_actors: 0"),
                        ({"objective": "rrpo", "grad_accumulation": 3, "batch_size": 6,
-                         "rrpo": {"minibatches": 2}}, r"minibatches \(2\) must divide")]:
+                         "rrpo": {"minibatches": 2}}, r"minibatches \(2\) must divide"),
+                       ({"objective": "rrpo", "rrpo": {"reward_actors": 0,
+                                                       "overlap_rollouts": True}},
+                        "overlap_rollouts .* set rrpo.reward_actors >= 1")]:
         with pytest.raises(ConfigError, match=match):
             validate(TrainConfig, {"job": "train", "data": "d", "output": "o", **bad}, "t.yaml")
 
@@ -480,6 +484,97 @@ def test_a_subset_two_workers_ask_for_is_read_once(loss_parts, reward_pool):
         assert after[a] - before[a] == sum(route(k, 2) == a for k in distinct)
     shared = {r.key: v for r, v in zip(first, v1)}
     assert all(shared[r.key] == v for r, v in zip(second, v2) if r.key in shared)
+
+
+def test_overlapped_rollouts_read_the_next_batch_during_the_updates(loss_parts, reward_pool):
+    """``overlap_rollouts``: before step 1's updates the episodes of step 2 are sampled from the
+    policy as it is then and their rewards sent; the actors read them without the worker asking
+    again, the updates of step 1 wait for step 1's rewards only, and step 2's first update sees
+    the ratio to the (older) policy that sampled it. Rewards equal the in-worker reader's."""
+    import copy
+    import time
+
+    import ray
+
+    from raglign.pipeline.lm_table import load_lm_table
+    from raglign.pipeline.reward_actors import RewardPool
+    from raglign.training.batches import make_batch
+    from raglign.training.losses.rrpo import RRPOLoss
+    from raglign.training.reranker import scorer_class as _scorer_class
+
+    _, _, local, reranker = loss_parts
+    cfg, actors = reward_pool
+    cfg = cfg.model_copy(update={"rrpo": cfg.rrpo.model_copy(update={"overlap_rollouts": True})})
+    table, _ = load_lm_table(cfg.data, cfg.rrpo, "rrpo", min_candidates=2)
+    first, second = make_batch(table, [0, 1]), make_batch(table, [2, 3])
+    loss_fn = RRPOLoss(cfg, torch.device("cpu"), rewards=RewardPool(actors))
+    assert loss_fn.looks_ahead
+    reranker = copy.deepcopy(reranker).eval()  # no dropout: the policy is a function of θ
+    model = _scorer_class()(reranker, False)
+    with torch.no_grad():
+        theta0 = model(second.queries, second.docs).float() / cfg.score_temperature
+    reads_before = sum(ray.get(a.state.remote())[3] for a in actors)
+
+    torch.manual_seed(0)
+    loss_fn.update_plan(1)
+    loss_fn.before_updates(model, [first], [second])
+    assert len(loss_fn._pending) == 2 and not loss_fn._rollouts
+    opt = torch.optim.Adam(reranker.parameters(), lr=0.2)
+    for update in loss_fn.update_plan(1):
+        loss_fn(model, first).backward()
+        opt.step()
+        opt.zero_grad()
+    assert list(loss_fn._pending) == [tuple(second.columns["id"])]
+    # Step 2's subsets are read by the actors meanwhile: 4 episodes x 2 prefixes, at most.
+    deadline = time.monotonic() + 60
+    while sum(ray.get(a.state.remote())[3] for a in actors) - reads_before < 9:
+        assert time.monotonic() < deadline, "the next batch's rewards were not read ahead"
+        time.sleep(0.05)
+    read_ahead = sum(ray.get(a.state.remote())[3] for a in actors)
+    loss_fn.pop_means()
+
+    loss_fn.update_plan(1)
+    loss_fn.before_updates(model, [second], None)  # already sampled: nothing new is sent
+    loss = loss_fn(model, second)
+    means = loss_fn.pop_means()
+    assert sum(ray.get(a.state.remote())[3] for a in actors) == read_ahead
+    assert means["rrpo_approx_kl"] > 0  # the first update on it is off-policy by one step
+    r = loss_fn._rollouts[tuple(second.columns["id"])]
+    valid = second.mask.bool()
+    want_old = action_log_probs(step_log_policies(theta0, r.actions, valid), r.actions)
+    assert torch.allclose(r.old_log_probs, want_old, atol=1e-6)
+    local.source.cache.clear()
+    ref_actions = greedy_episode(r.ref_logits, cfg.rrpo.k, valid)
+    rewards, ref_rewards = local.rewards(second, [r.actions, ref_actions])
+    adv = normalize_advantages(reference_anchored_advantages(rewards, ref_rewards,
+                                                             cfg.rrpo.gamma, cfg.rrpo.lam))
+    assert torch.allclose(r.advantages, adv, atol=1e-4)
+    assert torch.isfinite(loss)
+
+
+def test_overlapped_rollouts_resume_as_an_uninterrupted_run(tmp_path, ray_local, canonical_dir,
+                                                           tiny_bert_dir, tiny_dir):
+    """The look-ahead stops at checkpoints: 2 steps, then a resume to 4, give the weights of 4
+    steps in one run (the next step's episodes would otherwise come from a policy the resumed
+    run never had)."""
+    from raglign.models.rerankers import load_reranker
+    from raglign.pipeline.train import train
+
+    def run(out: Path, *max_steps: int):
+        cfg = _cfg(canonical_dir, tiny_bert_dir, tiny_dir, out, checkpoint_every=2,
+                   rrpo={"generator": {"name": tiny_dir, "dtype": "float32"}, "n": 3, "k": 2,
+                         "reward": "logprob", "reward_actors": 1, "reward_actor_cpus": 0.5,
+                         "overlap_rollouts": True})
+        for m in max_steps:
+            result = train(cfg.model_copy(update={"max_steps": m}))
+        return load_reranker(str(result.model_dir), kind="cross", max_length=48).state_dict()
+
+    whole = run(tmp_path / "whole", 4)
+    resumed = run(tmp_path / "resumed", 2, 4)
+    assert all(torch.allclose(whole[k], resumed[k], atol=1e-6) for k in whole)
+    lines = [json.loads(x) for x in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in lines] == [1, 2, 3, 4]
+    assert lines[1]["rrpo_approx_kl"] > 0 or lines[3]["rrpo_approx_kl"] > 0
 
 
 def test_ray_train_rrpo_trains_resumes_and_exports(tmp_path, ray_local, canonical_dir,

@@ -10,7 +10,8 @@ Routing: a request goes to the actor that a stable hash (BLAKE2b, not Python's p
 ``hash``) of its key, (row id, sorted chosen indices), names. Every worker sends a given subset
 to the same actor, and an actor runs one call at a time, so each subset is read once in the
 whole job (:class:`raglign.training.rrpo_rewards.RewardReader` caches it). A worker sends one
-call per actor per rollout, all at once, and blocks until every reward is in.
+call per actor per rollout, all at once, and blocks until every reward is in — at once, or,
+with ``rrpo.overlap_rollouts``, after the current step's updates, which run meanwhile.
 
 Failures: an actor that dies (killed, out of memory, its node lost) is restarted by Ray up to
 ``reward_actor_restarts`` times, and calls in flight are retried on the replacement; the
@@ -27,8 +28,8 @@ import time
 
 import ray
 
-from raglign.training.rrpo_rewards import (RewardKey, RewardReader, RewardRequest, RewardSource,
-                                          reader_generator)
+from raglign.training.rrpo_rewards import (Answer, RewardKey, RewardReader, RewardRequest,
+                                          RewardSource, reader_generator)
 from raglign.training_config import RRPOOptions
 
 
@@ -93,22 +94,31 @@ class RewardPool(RewardSource):
         self._since = time.perf_counter()
 
     def rewards(self, requests: list[RewardRequest]) -> tuple[list[float], int]:
+        return self.submit(requests)()
+
+    def submit(self, requests: list[RewardRequest]) -> Answer:
+        """One call per actor, sent now; the answer waits for them (the wait is the worker's
+        idle time). An actor runs its calls in the order a worker sent them."""
         groups: dict[int, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(route(r.key, len(self.actors)), []).append(i)
-        start = time.perf_counter()
         refs = {a: self.actors[a].rewards.remote([requests[i] for i in idx])
                 for a, idx in groups.items()}
-        answers = dict(zip(refs, ray.get(list(refs.values()))))
-        self._wait += time.perf_counter() - start
-        values: list[float] = [0.0] * len(requests)
-        reads = 0
-        for a, (got, fresh, state) in answers.items():
-            for i, v in zip(groups[a], got):
-                values[i] = v
-            reads += fresh
-            self._observe(a, state)
-        return values, reads
+
+        def answer() -> tuple[list[float], int]:
+            start = time.perf_counter()
+            answers = dict(zip(refs, ray.get(list(refs.values()))))
+            self._wait += time.perf_counter() - start
+            values: list[float] = [0.0] * len(requests)
+            reads = 0
+            for a, (got, fresh, state) in answers.items():
+                for i, v in zip(groups[a], got):
+                    values[i] = v
+                reads += fresh
+                self._observe(a, state)
+            return values, reads
+
+        return answer
 
     def _observe(self, actor: int, state: tuple) -> None:
         """Add the actor's busy and elapsed seconds since the last answer seen from it (since

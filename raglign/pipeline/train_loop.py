@@ -7,7 +7,8 @@ on CPU / NCCL on GPU), restores the latest checkpoint if the run is resumed
 (:mod:`raglign.training.batches`), taking the optimizer updates the loss plans for each (one,
 or RRPO's PPO epochs x mini-batches; :meth:`raglign.training.loss.Loss.update_plan`). A step is
 one global batch, so checkpoints fall between batches and a resumed run never needs a half-used
-rollout. Every logging window it reduces the loss and the loss's own
+rollout; a loss that looks ahead (RRPO's overlapped rollouts) is shown the next step's
+micro-batches, except across a checkpoint. Every logging window it reduces the loss and the loss's own
 metrics over the workers and reports them with ``ray.train.report``, with a checkpoint when one
 is due or when validation (:mod:`.train_validation`) found a new best step. This is the one
 module of training that imports Ray; the job's driver is :mod:`.train`.
@@ -170,16 +171,29 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     bar = _step_bar(local, stop_at, step) if rank == 0 and loop_config["step_bar"] else None
     local_best: tuple[Path, dict] | None = None
     window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
-    perm_epoch, perm = -1, []
+    perms: dict[int, list[int]] = {}
+
+    def step_batches(at: int) -> list:
+        """This worker's micro-batches of global batch ``at`` (0-based)."""
+        epoch, in_epoch = divmod(at, steps_per_epoch)
+        if epoch not in perms:
+            perms.clear()
+            perms[epoch] = epoch_permutation(table.num_rows, cfg.seed, epoch)
+        return [make_batch(table, micro_batch_rows(perms[epoch], in_epoch, cfg, rank, world, a))
+                for a in range(cfg.grad_accumulation)]
+
+    upcoming = None
     while step < stop_at:
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        if epoch != perm_epoch:
-            perm, perm_epoch = epoch_permutation(table.num_rows, cfg.seed, epoch), epoch
         model.train()
-        batches = [make_batch(table, micro_batch_rows(perm, in_epoch, cfg, rank, world, a))
-                   for a in range(cfg.grad_accumulation)]
+        batches = upcoming or step_batches(step)
         step_pairs = sum(int(b.mask.sum()) for b in batches)
         plan = compute_loss.update_plan(len(batches))
+        # Never past a checkpoint: a run resumed there must see what this one does.
+        ends_in_checkpoint = (step + 1) % cfg.checkpoint_every == 0 or step + 1 == stop_at
+        upcoming = (step_batches(step + 1) if compute_loss.looks_ahead and not ends_in_checkpoint
+                    else None)
+        with autocast:
+            compute_loss.before_updates(model, batches, upcoming)
         step_loss = 0.0  # mean over the step's updates of each update's mean micro-batch loss
         for update in plan:
             for j, a in enumerate(update):

@@ -48,6 +48,18 @@ class Loss(ABC):
         forgets the previous batch's rollouts here."""
         return [list(range(micro_batches))]
 
+    @property
+    def looks_ahead(self) -> bool:
+        """Whether :meth:`before_updates` wants the next step's micro-batches too."""
+        return False
+
+    def before_updates(self, model, batches: list[Batch], upcoming: list[Batch] | None) -> None:
+        """Called once per global batch before its updates, under the step's autocast, with
+        this worker's micro-batches and, when :attr:`looks_ahead`, the next step's (None when
+        there is none, or the step ends in a checkpoint, so that a resumed run sees what an
+        uninterrupted one did): RRPO starts reading the next rollout's rewards here. Nothing
+        by default."""
+
     def pop_metrics(self) -> dict[str, float]:
         """Peaks since the last call (maximised over workers), e.g. a cache's MiB; none by default."""
         return {}

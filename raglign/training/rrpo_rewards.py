@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,13 +65,23 @@ def reader_generator(options: RRPOOptions, device: str) -> Generator:
     return build_generator(spec, in_process=True)
 
 
+Answer = Callable[[], tuple[list[float], int]]
+
+
 class RewardSource(ABC):
-    """Answers reward requests, in order; the Train worker blocks until they are all in."""
+    """Answers reward requests, in order."""
 
     @abstractmethod
     def rewards(self, requests: list[RewardRequest]) -> tuple[list[float], int]:
         """The reward of each request, and how many of them the reader actually computed
-        (the rest came from a cache)."""
+        (the rest came from a cache); blocks until they are all in."""
+
+    def submit(self, requests: list[RewardRequest]) -> Answer:
+        """Start reading ``requests``; calling the result blocks until :meth:`rewards`' answer
+        is in. A source whose reader runs elsewhere (the reward actors) returns at once, so
+        the caller can work meanwhile; by default the answer is computed here and now."""
+        answer = self.rewards(requests)
+        return lambda: answer
 
     def pop_stats(self) -> dict[str, float]:
         """Window statistics since the last call (reward actors: idle fractions); none here."""

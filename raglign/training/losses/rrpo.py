@@ -15,6 +15,11 @@ worker (:class:`RRPOLoss`):
 * every **update** on it (that first pass included): the clipped surrogate + KL of the current
   scores against the stored rollout (:mod:`raglign.objectives.rrpo`).
 
+With ``rrpo.overlap_rollouts`` the rollout starts earlier, in :meth:`RRPOLoss.before_updates`,
+which the loop calls before a step's updates with the step's micro-batches and the next step's:
+the episodes are sampled there from a no-grad forward and their rewards requested, and the
+first update only waits for them; the next step's rewards are read during this step's updates.
+
 PPO: the loop takes ``ppo_epochs x minibatches`` optimizer steps per global batch
 (:meth:`RRPOLoss.update_plan`). The first pass's ratio is exactly 1 (the sampling policy is the
 one being updated: with ``ppo_epochs: 1, minibatches: 1`` this is one policy-gradient step per
@@ -27,6 +32,7 @@ episodes revisit it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,6 +79,7 @@ class RRPOLoss(Loss):
         self.reference = build_reranker(cfg, device).eval().requires_grad_(False)
         self.device = device
         self._rollouts: dict[tuple[str, ...], Rollout] = {}
+        self._pending: dict[tuple[str, ...], Callable[[], Rollout]] = {}  # sampled, reading
         self._window: dict[str, list[float]] = {}  # name -> [sum, count]
 
     # ------------------------------------------------------------------ rewards
@@ -80,6 +87,10 @@ class RRPOLoss(Loss):
         """``[B, k]`` rewards of each episode's prefixes: entry ``(i, t)`` is the reward of the
         first t + 1 chosen documents of row i, all requested from the reward source at once
         (each distinct subset once)."""
+        return self.request_rewards(batch, episodes)()
+
+    def request_rewards(self, batch: Batch, episodes: list[torch.Tensor]):
+        """:meth:`rewards`, sent now; calling the result waits for them."""
         import torch
 
         cols = batch.columns
@@ -95,11 +106,16 @@ class RRPOLoss(Loss):
                 (rid, chosen), cols["question"][i],
                 tuple((cols["titles"][i][j], cols["texts"][i][j]) for j in chosen),
                 cols["answer"][i], tuple(cols["answers"][i]), tuple(choices) if choices else None))
-        values, reads = self.source.rewards(requests)
-        self._add("reads", reads)
-        got = dict(zip(distinct, values))
-        return [torch.tensor([[got[key] for key in row] for row in ep], dtype=torch.float32,
-                             device=self.device) for ep in keys]
+        answer = self.source.submit(requests)
+
+        def collect() -> list[torch.Tensor]:
+            values, reads = answer()
+            self._add("reads", reads)
+            got = dict(zip(distinct, values))
+            return [torch.tensor([[got[key] for key in row] for row in ep], dtype=torch.float32,
+                                 device=self.device) for ep in keys]
+
+        return collect
 
     # ------------------------------------------------------------------ the loss
     def update_plan(self, micro_batches: int) -> list[list[int]]:
@@ -111,9 +127,33 @@ class RRPOLoss(Loss):
         return [list(range(m * size, (m + 1) * size))
                 for _ in range(o.ppo_epochs) for m in range(o.minibatches)]
 
-    def rollout(self, batch: Batch, logits: torch.Tensor, valid: torch.Tensor) -> Rollout:
-        """Sample one episode per question from ``logits`` (the current policy), read the
-        rewards of it and of the reference's greedy episode, and keep what the updates need."""
+    @property
+    def looks_ahead(self) -> bool:
+        return self.options.overlap_rollouts
+
+    def before_updates(self, model, batches: list[Batch], upcoming: list[Batch] | None) -> None:
+        """With ``overlap_rollouts``: sample the episodes of this step's micro-batches (unless
+        the previous step did) and of ``upcoming``'s from the policy as it is now, and send
+        their reward requests, this step's first (an actor answers in order). The updates then
+        wait for this step's rewards only, while the actors read the next step's."""
+        import torch
+
+        if not self.looks_ahead:
+            return
+        scorer = getattr(model, "module", model)  # no DDP forward: nothing to all-reduce
+        for batch in batches + (upcoming or []):
+            key = tuple(batch.columns["id"])
+            if key in self._pending:
+                continue
+            valid = batch.mask.to(self.device).bool()
+            with torch.no_grad():
+                logits = scorer(batch.queries, batch.docs).float() / self.temperature
+            self._pending[key] = self.sample(batch, logits, valid)
+
+    def sample(self, batch: Batch, logits: torch.Tensor, valid: torch.Tensor):
+        """Sample one episode per question from ``logits`` (the policy now), take the
+        reference's greedy episode, and send the rewards of both; calling the result waits for
+        them and gives the :class:`Rollout`."""
         import torch
 
         from raglign.objectives.rrpo import (action_log_probs, greedy_episode,
@@ -127,12 +167,17 @@ class RRPOLoss(Loss):
             actions = plackett_luce_sample(logits, o.k, valid)
             old = action_log_probs(step_log_policies(logits.detach(), actions, valid), actions)
         ref_actions = greedy_episode(ref_logits, o.k, valid)
-        rewards, ref_rewards = self.rewards(batch, [actions, ref_actions])
-        adv = normalize_advantages(reference_anchored_advantages(rewards, ref_rewards, o.gamma,
-                                                                 o.lam))
-        self._add("reward", rewards[:, -1].mean().item())
-        self._add("ref_reward", ref_rewards[:, -1].mean().item())
-        return Rollout(actions, old, adv, ref_logits)
+        collect = self.request_rewards(batch, [actions, ref_actions])
+
+        def rollout() -> Rollout:
+            rewards, ref_rewards = collect()
+            adv = normalize_advantages(reference_anchored_advantages(rewards, ref_rewards,
+                                                                     o.gamma, o.lam))
+            self._add("reward", rewards[:, -1].mean().item())
+            self._add("ref_reward", ref_rewards[:, -1].mean().item())
+            return Rollout(actions, old, adv, ref_logits)
+
+        return rollout
 
     def __call__(self, model, batch: Batch):
         import torch
@@ -144,7 +189,8 @@ class RRPOLoss(Loss):
         logits = model(batch.queries, batch.docs).float() / self.temperature  # [B, n], grad
         key = tuple(batch.columns["id"])
         if key not in self._rollouts:
-            self._rollouts[key] = self.rollout(batch, logits, valid)
+            pending = self._pending.pop(key, None) or self.sample(batch, logits, valid)
+            self._rollouts[key] = pending()
         r = self._rollouts[key]
         loss, parts = rrpo_loss(logits, r.ref_logits, r.actions, r.old_log_probs, r.advantages,
                                 valid, o.clip_eps, o.kl_beta)
@@ -161,7 +207,8 @@ class RRPOLoss(Loss):
         """Means since the last call: per rollout, the sampled episode's final reward and the
         reference's, and ``reads``, the reader calls per rollout (falls as the reward cache
         fills); per update, the KL to the reference, the clip fraction and the approximate KL
-        to the sampling policy (both 0 on a rollout's first update, where the ratio is 1)."""
+        to the sampling policy (both 0 on a rollout's first update, where the ratio is 1,
+        unless ``overlap_rollouts`` sampled it a step earlier or from another forward)."""
         window = {**self._window, **{k: [v, 1] for k, v in self.source.pop_stats().items()}}
         out = {f"rrpo_{k}": total / max(n, 1) for k, (total, n) in sorted(window.items())}
         self._window = {}
@@ -175,5 +222,7 @@ class RRPOLoss(Loss):
                 f"{cfg.score_temperature}), reward `{r.reward}` from the frozen reader "
                 f"`{lm.name}` ({lm.backend}, {lm.dtype}), advantages against the initial "
                 f"reranker's greedy episode (gamma {r.gamma}, GAE lambda {r.lam}), KL weight "
-                f"{r.kl_beta}; {r.ppo_epochs} PPO epochs x {r.minibatches} mini-batches per rollout batch")
+                f"{r.kl_beta}; {r.ppo_epochs} PPO epochs x {r.minibatches} mini-batches per rollout batch"
+                + ("; the next batch's episodes sampled and rewarded during this batch's "
+                   "updates (one step off-policy)" if r.overlap_rollouts else ""))
         return f"gold answers over the first {r.n} candidates", loss
