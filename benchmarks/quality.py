@@ -140,7 +140,8 @@ def train_models(demo: Path, out: Path, demo_cfg: dict, data: dict[str, Path], a
                           rrpo={"generator": demo_cfg["generator"], "n": 10, "k": args.rrpo_k,
                                 "reward": args.rrpo_reward, "ppo_epochs": args.rrpo_ppo_epochs,
                                 "reward_actors": args.rrpo_reward_actors,
-                                "reward_actor_cpus": args.rrpo_actor_cpus})
+                                "reward_actor_cpus": args.rrpo_actor_cpus,
+                                "overlap_rollouts": args.rrpo_overlap})
         else:
             common.update(objective=TRAINED[method])
         t = time.monotonic()
@@ -197,6 +198,33 @@ def compare_to_base(reports: list[dict], n_boot: int) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------ report
+RRPO_COLUMNS = ["rrpo_reward", "rrpo_ref_reward", "rrpo_kl", "rrpo_clip_fraction",
+                "rrpo_approx_kl", "rrpo_worker_idle", "rrpo_actor_idle", "rrpo_reads"]
+
+
+def rrpo_curves(run_dir: Path, figure: str, windows: int = 6) -> str:
+    """The RRPO run's training curves for the report: its ``loss_curve.png`` (rewards, KLs,
+    clip and idle fractions per step) copied to ``figure``, and a table of the same metrics'
+    means over ``windows`` equal spans of steps."""
+    import shutil
+
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [h for h in history if "loss" in h]
+    shutil.copyfile(run_dir / "loss_curve.png", figure)
+    size = -(-len(trained) // windows)
+    head = ("| steps | " + " | ".join(c.removeprefix("rrpo_") for c in RRPO_COLUMNS)
+            + " |\n|---|" + "---:|" * len(RRPO_COLUMNS))
+    lines = [head]
+    for i in range(0, len(trained), size):
+        span = trained[i:i + size]
+        cells = [sum(h[c] for h in span) / len(span) if all(c in h for h in span) else None
+                 for c in RRPO_COLUMNS]
+        lines.append(f"| {span[0]['step']}-{span[-1]['step']} | "
+                     + " | ".join("–" if v is None else f"{v:.3g}" for v in cells) + " |")
+    return (f"\nRRPO training curves (window means from `{run_dir / 'metrics.jsonl'}`; figure "
+            f"`{figure}`):\n\n" + "\n".join(lines) + "\n")
+
+
 def _cell(report: dict, m: str) -> str:
     v, ci = report.get(m), report.get(f"{m}_ci")
     if not isinstance(v, (int, float)):
@@ -239,6 +267,11 @@ def main() -> None:
     ap.add_argument("--rrpo-actor-cpus", type=float, default=1.0,
                     help="CPUs per reward actor; with the train workers' they must fit the "
                          "machine (2 cores: --train-workers 1)")
+    ap.add_argument("--rrpo-overlap", action=argparse.BooleanOptionalAction, default=True,
+                    help="read the next rollout's rewards during the current PPO updates "
+                         "(rrpo.overlap_rollouts)")
+    ap.add_argument("--rrpo-curves", default="docs/quality_hotpotqa_rrpo_curves.png",
+                    help="where the RRPO run's training curves go (with --methods rrpo)")
     ap.add_argument("--rrpo-temperature", type=float, default=None,
                     help="policy temperature on the scores (default: the kind's, 0.02 bi)")
     ap.add_argument("--loo-k", type=int, default=5, help="LOOP's K (the reader's k2)")
@@ -274,6 +307,8 @@ def main() -> None:
         reports = evaluate_all(demo, out, demo_cfg, trained["models"], args)
     diffs = compare_to_base(reports, args.n_boot)
     table = markdown(reports, diffs)
+    if "rrpo" in args.methods:
+        table += rrpo_curves(out / "train" / "rrpo", args.rrpo_curves)
     result = {"demo": str(demo), "readers": args.readers, "train_seconds": trained["train_seconds"],
               "runs": [{k: v for k, v in r.items() if k in ["name", "n", "generator", "reranker",
                                                               "rank_by", "seconds"]

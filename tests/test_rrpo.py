@@ -632,3 +632,32 @@ def test_ray_train_rrpo_trains_resumes_and_exports(tmp_path, ray_local, canonica
     card = (second.model_dir / "README.md").read_text()
     assert "objective: rrpo" in card and "RRPO: PPO clipped surrogate" in card
     assert "4 PPO epochs x 1 mini-batches" in card
+
+
+def test_loss_curve_draws_rrpos_window_means(tmp_path, monkeypatch):
+    """An RRPO run's loss_curve.png gets a panel per scale of its window means, each line the
+    reported values; a run without them keeps loss and learning rate only."""
+    import matplotlib.figure
+
+    from raglign.training.loss_curve import plot_loss_curve
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: figures.append(fig))
+    history = [{"step": s, "loss": 1.0 / s, "lr": 1e-5, "rrpo_reward": -3.0 + s,
+                "rrpo_ref_reward": -3.5, "rrpo_kl": 0.01 * s, "rrpo_approx_kl": 1e-4 * (s - 1),
+                "rrpo_clip_fraction": 0.1 * s, "rrpo_worker_idle": 0.2,
+                "rrpo_actor_idle": 0.3} for s in (1, 2, 3)]
+    plot_loss_curve(history, tmp_path / "c.png", "rrpo")
+    plot_loss_curve([{k: h[k] for k in ("step", "loss", "lr")} for h in history],
+                    tmp_path / "d.png", "plain")
+    rrpo, plain = figures
+    assert [ax.get_ylabel() for ax in rrpo.axes] == ["loss", "reward", "KL", "fraction",
+                                                     "learning rate"]
+    assert [ax.get_ylabel() for ax in plain.axes] == ["loss", "learning rate"]
+    drawn = {line.get_label(): list(line.get_ydata()) for ax in rrpo.axes[1:4]
+             for line in ax.get_lines()}
+    assert drawn["sampled episode's\nfinal reward"] == [-2.0, -1.0, 0.0]
+    assert drawn["clip fraction"] == pytest.approx([0.1, 0.2, 0.3])
+    assert drawn["approx. KL to the\nsampling policy (k3)"] == pytest.approx([0, 1e-4, 2e-4])
+    assert len(drawn) == 7

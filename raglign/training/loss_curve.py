@@ -1,5 +1,6 @@
 """``loss_curve.png`` of a ``raglign train`` run: training loss, validation metrics (when the run
-has them) and learning rate over the optimizer steps, with the exported step marked."""
+has them), an objective's own window means (RRPO: rewards, KLs, clip and idle fractions) and
+learning rate over the optimizer steps, with the exported step marked."""
 
 from __future__ import annotations
 
@@ -9,11 +10,37 @@ from pathlib import Path
 _LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8, "frameon": False}
 
 
+# RRPO's window means (raglign.training.losses.rrpo), a panel per scale: the panel's label and
+# its (metric, legend) series. A panel is drawn when the run reports any of its metrics. The KL
+# panel is symlog: the KL to the reference grows to ~1e-2 while the approximate KL to the
+# sampling policy stays near 1e-4, and both start at 0.
+RRPO_PANELS = [
+    ("reward", [("rrpo_reward", "sampled episode's\nfinal reward"),
+                ("rrpo_ref_reward", "reference's greedy\ntop-k reward")]),
+    ("KL", [("rrpo_kl", "KL(policy || reference)"),
+            ("rrpo_approx_kl", "approx. KL to the\nsampling policy (k3)")]),
+    ("fraction", [("rrpo_clip_fraction", "clip fraction"),
+                  ("rrpo_worker_idle", "Train worker idle"),
+                  ("rrpo_actor_idle", "reward actors idle")]),
+]
+
+
+def objective_panels(trained: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
+    """The :data:`RRPO_PANELS` whose metrics the run reported, with those metrics only."""
+    out = []
+    for label, series in RRPO_PANELS:
+        present = [(m, legend) for m, legend in series if any(m in h for h in trained)]
+        if present:
+            out.append((label, present))
+    return out
+
+
 def plot_loss_curve(history: list[dict], path: Path, title: str, attribute: str | None = None,
                     exported_step: int | None = None) -> None:
-    """Training loss, validation metrics (when the run has them) and learning rate, one panel
-    each over a shared step axis: the three have unrelated scales, and one axis per quantity
-    with its own legend is what lets a reader tell them apart."""
+    """Training loss, validation metrics (when the run has them), the objective's window means
+    (:func:`objective_panels`) and learning rate, one panel per scale over a shared step axis:
+    they have unrelated scales, and one axis per quantity with its own legend is what lets a
+    reader tell them apart."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,12 +48,21 @@ def plot_loss_curve(history: list[dict], path: Path, title: str, attribute: str 
 
     trained = [h for h in history if "loss" in h]
     validated = [h for h in history if attribute and attribute in h]
-    panels = 3 if validated else 2
-    fig, axes = plt.subplots(panels, 1, figsize=(9.5, 2.4 * panels + 0.6), sharex=True,
-                             height_ratios=[3, 3, 1.6][:panels] if validated else [3, 1.6])
+    extra = objective_panels(trained)
+    ratios = [3] + [3] * bool(validated) + [2.2] * len(extra) + [1.6]
+    fig, axes = plt.subplots(len(ratios), 1, figsize=(9.5, 2.4 * len(ratios) + 0.6),
+                             sharex=True, height_ratios=ratios)
     marker = "o" if len(trained) <= 60 else None
     steps = [h["step"] for h in trained]
     loss_ax, lr_ax = axes[0], axes[-1]
+    for ax, (label, series) in zip(axes[1 + bool(validated):-1], extra):
+        for metric, legend in series:
+            points = [(h["step"], h[metric]) for h in trained if metric in h]
+            ax.plot(*zip(*points), marker=marker, markersize=3, label=legend)
+        if label == "KL":
+            ax.set_yscale("symlog", linthresh=1e-6)
+        ax.set_ylabel(label)
+        ax.legend(**_LEGEND)
     loss_ax.plot(steps, [h["loss"] for h in trained], color="tab:blue", marker=marker,
                  markersize=3, label="training loss\n(mean since the\nprevious point)")
     loss_ax.set_ylabel("loss")
