@@ -73,7 +73,7 @@ def plot_loss_curve(history: list[dict], path: Path, title: str, attribute: str 
     lr_ax.set_ylabel("learning rate")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     lr_ax.legend(**_LEGEND)
-    lr_ax.set_xlabel("optimizer step")
+    lr_ax.set_xlabel("step (global batch)")
     for ax in axes:
         ax.grid(alpha=0.3)
     loss_ax.set_title(title, fontsize=10)
