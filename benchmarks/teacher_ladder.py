@@ -74,11 +74,13 @@ def target_ranking(rows: list[dict], gold: dict[str, set[str]]) -> dict[str, flo
 
 
 def markdown(result: dict) -> str:
+    t_r = result["temperature"]
     lines = ["Held-out questions (n = %d), reranker setting; paired bootstrap 95 %% CIs (▲/▼: the "
              "interval excludes 0). Base on the held-out questions: MRR %.3f, Recall@5 %.3f; on "
-             "the training questions: MRR %.3f, Recall@5 %.3f." % (
+             "the training questions: MRR %.3f, Recall@5 %.3f. Student temperature: %s." % (
                  result["base"]["n"], result["base"]["mrr"], result["base"]["recall@5"],
-                 result["base_train"]["mrr"], result["base_train"]["recall@5"]), "",
+                 result["base_train"]["mrr"], result["base_train"]["recall@5"],
+                 "the kind's default" if t_r is None else f"{t_r:g}"), "",
              "| gold mix q | teacher MRR / R@5 (train) | student | MRR | Recall@5 | MRR − base | "
              "R@5 − base | anchored − plain: MRR | R@5 |",
              "|---:|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -101,6 +103,9 @@ def main() -> None:
     ap.add_argument("--demo", default="runs/demo", help="a finished `raglign demo` run directory")
     ap.add_argument("--out", default="runs/ladder")
     ap.add_argument("--gold-mix", default="0,0.5,1", help="the rungs q")
+    ap.add_argument("--temperature", type=float, default=None,
+                    help="the students' score temperature (default: the reranker kind's, as the "
+                         "demo trains PDist)")
     ap.add_argument("--train-workers", type=int, default=2,
                     help="Ray Train workers (global batches: speed only)")
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -128,14 +133,15 @@ def main() -> None:
         teachers[q] = target_ranking(gold_mixed(pdist, gold, q), gold)
         log(f"teacher q={q:g}: MRR {teachers[q]['mrr']:.3f}, Recall@5 "
             f"{teachers[q]['recall@5']:.3f} on the training questions")
-        runs[f"gold{q:g}"] = ("kl", rows, {})
-        runs[f"gold{q:g}.anchored"] = ("kl", rows, {"anchor": anchor})
+        scale = {} if args.temperature is None else {"temperature": args.temperature}
+        runs[f"gold{q:g}"] = ("kl", rows, scale)
+        runs[f"gold{q:g}.anchored"] = ("kl", rows, {**scale, "anchor": anchor})
     with ray_session():
         models = train_runs(runs, out, demo, demo_cfg, args)
         test = evaluate_runs(out, demo, demo_cfg, models, "test")
         train_split = evaluate_runs(out, demo, demo_cfg, {}, "train")
     vs_base = differences(test, "base", list(models), args.n_boot)
-    result = {"demo": str(demo), "anchor": anchor,
+    result = {"demo": str(demo), "anchor": anchor, "temperature": args.temperature,
               "base": {"n": test["base"]["n"], **{m: test["base"][m] for m in HEADLINE}},
               "base_train": {m: train_split["base"][m] for m in HEADLINE}, "rungs": []}
     for q in rungs:
