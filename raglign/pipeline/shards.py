@@ -235,3 +235,11 @@ class ShardCollector:
 
     def finished(self) -> bool:
         return not self.pending
+
+    def restart(self) -> list[Shard]:
+        """After an execution that failed part-way: forget the blocks of every uncommitted shard
+        (the shard is labelled again whole, so a kept partial block would count its rows twice)
+        and return those shards, in plan order."""
+        for name in self.pending:
+            self.pending[name], self.seen[name] = [], 0
+        return [self.shards[name] for name in self.pending]

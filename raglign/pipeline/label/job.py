@@ -45,7 +45,7 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
                 progress_bar(sum(s.rows for s in todo), "[label] rows") as bar:
             collector = ShardCollector(store, todo, bar.update)
             if cfg.generator.backend == "transformers":
-                _label_shards_ray(cfg, todo, collector)
+                _label_shards_ray(cfg, todo, collector, progress)
             else:
                 label_shards_llm(cfg, todo, collector, progress)
         if not collector.finished():
@@ -70,10 +70,35 @@ def run_label(cfg: LabelConfig, progress: Callable[[str], None] = print) -> dict
     return summary
 
 
-def _label_shards_ray(cfg: LabelConfig, todo: list[Shard], collector: ShardCollector) -> None:
-    for block in map_shards(cfg, todo, LabelWorker).iter_batches(batch_format="pyarrow",
-                                                                 batch_size=None):
-        collector.add(block)
+# Executions of the map that a lost node or actor may fail, one after another, before the job
+# gives up; each labels only the shards not committed yet.
+NODE_LOSS_RETRIES = 3
+
+
+def _label_shards_ray(cfg: LabelConfig, todo: list[Shard], collector: ShardCollector,
+                      progress: Callable[[str], None]) -> None:
+    """Label ``todo`` through the actor pool. Ray restarts a label actor lost with its node, but
+    a block its task had already produced lives in that node's object store, and Ray Data
+    fails the whole execution when it cannot get it (``ActorUnavailableError``, an object
+    lost). Then the shards not committed yet are labelled again in a new execution, up to
+    :data:`NODE_LOSS_RETRIES` times; committed shards are never redone. An error raised by the
+    labelling code itself is not a lost node and is not retried."""
+    from ray.exceptions import ObjectLostError, RayActorError
+
+    left = todo
+    for attempt in range(NODE_LOSS_RETRIES + 1):
+        try:
+            for block in map_shards(cfg, left, LabelWorker).iter_batches(batch_format="pyarrow",
+                                                                         batch_size=None):
+                collector.add(block)
+            return
+        except (RayActorError, ObjectLostError) as e:
+            if attempt == NODE_LOSS_RETRIES:
+                raise
+            left = collector.restart()
+            progress(f"[label] {type(e).__name__}: a label actor or its node was lost; labelling "
+                     f"the {len(left)} unfinished shards again (retry {attempt + 1} of "
+                     f"{NODE_LOSS_RETRIES})")
 
 
 def label_in_process(cfg: LabelConfig, rows: list[dict], models: Models | None = None) -> list[dict]:
