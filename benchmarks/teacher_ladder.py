@@ -129,8 +129,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     teachers, runs = {}, {}
     for q in rungs:
-        rows = write_once(lambda q=q: gold_mixed(pdist, gold, q), out / "mined" / f"gold{q:g}")
-        teachers[q] = target_ranking(gold_mixed(pdist, gold, q), gold)
+        mixed = gold_mixed(pdist, gold, q)
+        rows = write_once(lambda mixed=mixed: mixed, out / "mined" / f"gold{q:g}")
+        teachers[q] = target_ranking(mixed, gold)
         log(f"teacher q={q:g}: MRR {teachers[q]['mrr']:.3f}, Recall@5 "
             f"{teachers[q]['recall@5']:.3f} on the training questions")
         scale = {} if args.temperature is None else {"temperature": args.temperature}

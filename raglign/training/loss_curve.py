@@ -10,28 +10,29 @@ from pathlib import Path
 _LEGEND = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "fontsize": 8, "frameon": False}
 
 
-# RRPO's window means (raglign.training.losses.rrpo), a panel per scale: the panel's label and
-# its (metric, legend) series. A panel is drawn when the run reports any of its metrics. The KL
-# panel is symlog: the KL to the reference grows to ~1e-2 while the approximate KL to the
-# sampling policy stays near 1e-4, and both start at 0.
+# RRPO's window means (raglign.training.losses.rrpo), a panel per scale: the panel's label, its
+# y scale and its (metric, legend) series. A panel is drawn when the run reports any of its
+# metrics. The KL panel is symlog: the KL to the reference grows to ~1e-2 while the approximate
+# KL to the sampling policy stays near 1e-4, and both start at 0.
 RRPO_PANELS = [
-    ("reward", [("rrpo_reward", "sampled episode's\nfinal reward"),
-                ("rrpo_ref_reward", "reference's greedy\ntop-k reward")]),
-    ("KL", [("rrpo_kl", "KL(policy || reference)"),
-            ("rrpo_approx_kl", "approx. KL to the\nsampling policy (k3)")]),
-    ("fraction", [("rrpo_clip_fraction", "clip fraction"),
-                  ("rrpo_worker_idle", "Train worker idle"),
-                  ("rrpo_actor_idle", "reward actors idle")]),
+    ("reward", {"value": "linear"}, [("rrpo_reward", "sampled episode's\nfinal reward"),
+                                     ("rrpo_ref_reward", "reference's greedy\ntop-k reward")]),
+    ("KL", {"value": "symlog", "linthresh": 1e-6},
+     [("rrpo_kl", "KL(policy || reference)"),
+      ("rrpo_approx_kl", "approx. KL to the\nsampling policy (k3)")]),
+    ("fraction", {"value": "linear"}, [("rrpo_clip_fraction", "clip fraction"),
+                                       ("rrpo_worker_idle", "Train worker idle"),
+                                       ("rrpo_actor_idle", "reward actors idle")]),
 ]
 
 
-def objective_panels(trained: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
+def objective_panels(trained: list[dict]) -> list[tuple[str, dict, list[tuple[str, str]]]]:
     """The :data:`RRPO_PANELS` whose metrics the run reported, with those metrics only."""
     out = []
-    for label, series in RRPO_PANELS:
+    for label, scale, series in RRPO_PANELS:
         present = [(m, legend) for m, legend in series if any(m in h for h in trained)]
         if present:
-            out.append((label, present))
+            out.append((label, scale, present))
     return out
 
 
@@ -55,12 +56,11 @@ def plot_loss_curve(history: list[dict], path: Path, title: str, attribute: str 
     marker = "o" if len(trained) <= 60 else None
     steps = [h["step"] for h in trained]
     loss_ax, lr_ax = axes[0], axes[-1]
-    for ax, (label, series) in zip(axes[1 + bool(validated):-1], extra):
+    for ax, (label, scale, series) in zip(axes[1 + bool(validated):-1], extra):
         for metric, legend in series:
             points = [(h["step"], h[metric]) for h in trained if metric in h]
             ax.plot(*zip(*points), marker=marker, markersize=3, label=legend)
-        if label == "KL":
-            ax.set_yscale("symlog", linthresh=1e-6)
+        ax.set_yscale(**scale)
         ax.set_ylabel(label)
         ax.legend(**_LEGEND)
     loss_ax.plot(steps, [h["loss"] for h in trained], color="tab:blue", marker=marker,
