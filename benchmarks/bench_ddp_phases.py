@@ -46,7 +46,12 @@ def worker(rank: int, world: int, setup: str, spec: dict, queue) -> None:
 
     from bench_vs_sentence_transformers import train_config
     from raglign.pipeline.train_loop import DDP_OPTIONS
-    from raglign.training.batches import epoch_permutation, make_batch, micro_batch_rows
+    from raglign.training.batches import (
+        epoch_permutation,
+        make_batch,
+        micro_batch_rows,
+        row_sizes,
+    )
     from raglign.training.loss import build_loss
     from raglign.training.reranker import (
         build_optimizer,
@@ -76,6 +81,7 @@ def worker(rank: int, world: int, setup: str, spec: dict, queue) -> None:
     scheduler = get_linear_schedule_with_warmup(optimizer, math.ceil(cfg.warmup_ratio * total),
                                                 total)
     perm = epoch_permutation(table.num_rows, cfg.seed, 0)
+    sizes = row_sizes(table)
     cpu = {p: [] for p in PHASES}
     wall = {p: [] for p in PHASES}
     losses = []
@@ -85,7 +91,7 @@ def worker(rank: int, world: int, setup: str, spec: dict, queue) -> None:
         def mark():
             marks.append((time.process_time(), time.perf_counter()))
 
-        batch = make_batch(table, micro_batch_rows(perm, step, cfg, rank, world, 0))
+        batch = make_batch(table, micro_batch_rows(perm, step, cfg, rank, world, 0, sizes))
         mark()
         loss = compute_loss(model, batch)
         mark()
@@ -148,7 +154,12 @@ def padded_tokens(spec: dict) -> dict:
 
     from bench_vs_sentence_transformers import train_config
     from raglign.batching import DEVICE_TOKEN_BUDGET, length_batches
-    from raglign.training.batches import epoch_permutation, make_batch, micro_batch_rows
+    from raglign.training.batches import (
+        epoch_permutation,
+        make_batch,
+        micro_batch_rows,
+        row_sizes,
+    )
     from raglign.training.tables import load_train_table
 
     args = argparse.Namespace(**spec["args"])
@@ -158,11 +169,12 @@ def padded_tokens(spec: dict) -> dict:
         cfg = train_config(spec["data"], spec["tmp"], spec["model"], args, world)
         table, _ = load_train_table(cfg.data, "infonce")
         perm = epoch_permutation(table.num_rows, cfg.seed, 0)
+        sizes = row_sizes(table)
         steps = []
         for step in range(table.num_rows // cfg.batch_size):
             per_rank = []
             for rank in range(world):
-                b = make_batch(table, micro_batch_rows(perm, step, cfg, rank, world, 0))
+                b = make_batch(table, micro_batch_rows(perm, step, cfg, rank, world, 0, sizes))
                 lengths = [len(ids) for ids in tok(
                     [q for q in b.queries for _ in b.docs[0]], [d for g in b.docs for d in g],
                     truncation="longest_first", max_length=cfg.max_length)["input_ids"]]

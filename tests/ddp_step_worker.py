@@ -17,7 +17,12 @@ def main(rank: int, init_file: str, config_json: str, out: str) -> None:
     from torch.nn.parallel import DistributedDataParallel
 
     from raglign.pipeline.train_loop import DDP_OPTIONS
-    from raglign.training.batches import epoch_permutation, make_batch, micro_batch_rows
+    from raglign.training.batches import (
+        epoch_permutation,
+        make_batch,
+        micro_batch_rows,
+        row_sizes,
+    )
     from raglign.training.loss import build_loss
     from raglign.training.reranker import build_optimizer, build_reranker, scorer_class
     from raglign.training.tables import load_train_table
@@ -32,6 +37,7 @@ def main(rank: int, init_file: str, config_json: str, out: str) -> None:
     try:
         table, _ = load_train_table(cfg.data, cfg.objective)
         perm = epoch_permutation(table.num_rows, cfg.seed, 0)
+        sizes = row_sizes(table)
         reranker = build_reranker(cfg)
         model = DistributedDataParallel(scorer_class()(reranker, cfg.in_batch_negatives),
                                         **DDP_OPTIONS)
@@ -39,7 +45,7 @@ def main(rank: int, init_file: str, config_json: str, out: str) -> None:
         loss_fn = build_loss(cfg, torch.device("cpu"))
         losses = []
         for step in range(spec["steps"]):
-            batch = make_batch(table, micro_batch_rows(perm, step, cfg, rank, world, 0))
+            batch = make_batch(table, micro_batch_rows(perm, step, cfg, rank, world, 0, sizes))
             loss = loss_fn(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(reranker.parameters(), cfg.max_grad_norm)

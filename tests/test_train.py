@@ -175,6 +175,46 @@ def test_global_batches_partition_the_epoch_for_any_world_size():
         assert whole == perm0[step * 8:(step + 1) * 8]
 
 
+
+def test_micro_batches_are_dealt_by_size_the_same_for_workers_and_accumulation():
+    from raglign.training.batches import balanced_slots, micro_batch_rows
+
+    # Step 1 of a batch-8 epoch in data order: rows 8..15 (sizes 10..17 at indices 10..17).
+    perm = list(range(24))
+    sizes = [1] * 8 + [1, 1, 10, 11, 12, 13, 14, 17] + [1] * 8
+    rows = perm[8:16]
+    # Largest first to the lightest slot not yet full, by hand (slot loads after each row):
+    # 15 (17) -> s0 [17, 0]; 14 -> s1 [17, 14]; 13 -> s1 [17, 27]; 12 -> s0 [29, 27];
+    # 11 -> s1 [29, 38]; 10 -> s0 [39, 38]; equal sizes in perm order: 8 -> s1 [39, 39], full;
+    # 9 -> s0 [40, 39]. Each slot keeps perm order.
+    dealt = balanced_slots(rows, sizes, 2)
+    assert dealt == [[9, 10, 12, 15], [8, 11, 13, 14]]
+    load = [sum(sizes[r] for r in s) for s in dealt]
+    contiguous = [sum(sizes[r] for r in rows[:4]), sum(sizes[r] for r in rows[4:])]
+    assert load == [40, 39] and contiguous == [23, 56]
+    # The same slots whether they are 2 workers or 1 worker accumulating twice.
+    workers = TrainConfig(data="d", output="o", batch_size=8, num_workers=2)
+    accumulate = TrainConfig(data="d", output="o", batch_size=8, num_workers=1,
+                             grad_accumulation=2)
+    for slot in range(2):
+        assert micro_batch_rows(perm, 1, workers, slot, 2, 0, sizes) == dealt[slot]
+        assert micro_batch_rows(perm, 1, accumulate, 0, 1, slot, sizes) == dealt[slot]
+    # One slot is the step's rows in perm order, with or without sizes.
+    one = TrainConfig(data="d", output="o", batch_size=8, num_workers=1)
+    assert micro_batch_rows(perm, 1, one, 0, 1, 0, sizes) == rows
+    assert micro_batch_rows(perm, 1, one, 0, 1, 0) == rows
+
+
+def test_row_sizes_count_the_question_and_every_document():
+    import pyarrow as pa
+
+    from raglign.training.batches import row_sizes
+
+    table = pa.table({"question": ["ab", "", "wxyz"],
+                      "docs": [["abc", "d"], [], ["é€", "", "1234567"]]})
+    assert row_sizes(table) == [2 + 4, 0, 4 + 9]
+    assert row_sizes(table.slice(1)) == [0, 13]  # a sliced table keeps its own rows
+
 def test_checkpoint_round_trip_restores_model_optimizer_schedule_and_rng(tmp_path):
     from ray.train import Checkpoint
     from transformers import get_linear_schedule_with_warmup

@@ -4,7 +4,8 @@ Each worker builds the configured loss (:func:`raglign.training.loss.build_loss`
 reranker (:mod:`raglign.training.reranker`), wraps the reranker with ``prepare_model`` (DDP, gloo
 on CPU / NCCL on GPU), restores the latest checkpoint if the run is resumed
 (:mod:`raglign.training.checkpoint`), and walks its share of the seeded global batches
-(:mod:`raglign.training.batches`), taking the optimizer updates the loss plans for each (one,
+(:mod:`raglign.training.batches`: dealt to the workers by size, so that no worker waits on one
+holding the long rows), taking the optimizer updates the loss plans for each (one,
 or RRPO's PPO epochs x mini-batches; :meth:`raglign.training.loss.Loss.update_plan`). A step is
 one global batch, so checkpoints fall between batches and a resumed run never needs a half-used
 rollout; a loss that looks ahead (RRPO's overlapped rollouts) is shown the next step's
@@ -26,7 +27,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raglign.training.batches import epoch_permutation, make_batch, micro_batch_rows
+from raglign.training.batches import (
+    epoch_permutation,
+    make_batch,
+    micro_batch_rows,
+    row_sizes,
+)
 from raglign.training.checkpoint import restore, save
 from raglign.training.loss import build_loss
 from raglign.training.reranker import build_optimizer, build_reranker, scorer_class
@@ -172,6 +178,7 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
     local_best: tuple[Path, dict] | None = None
     window_loss, window_pairs, window_steps, t0 = 0.0, 0, 0, time.perf_counter()
     perms: dict[int, list[int]] = {}
+    sizes = row_sizes(table)
 
     def step_batches(at: int) -> list:
         """This worker's micro-batches of global batch ``at`` (0-based)."""
@@ -179,7 +186,8 @@ def train_loop_per_worker(loop_config: dict) -> dict | None:
         if epoch not in perms:
             perms.clear()
             perms[epoch] = epoch_permutation(table.num_rows, cfg.seed, epoch)
-        return [make_batch(table, micro_batch_rows(perms[epoch], in_epoch, cfg, rank, world, a))
+        return [make_batch(table, micro_batch_rows(perms[epoch], in_epoch, cfg, rank, world, a,
+                                                    sizes))
                 for a in range(cfg.grad_accumulation)]
 
     upcoming = None
