@@ -15,7 +15,8 @@ Every run's losses and weights are compared with the 1-process ``before`` run.
 It also counts the padded tokens each rank's forward computes (length-sorted pieces under the
 1024-token CPU budget, as ``forward_scores`` cuts them): a DDP step waits for the rank with the
 most, so sum over steps of the 1-process tokens / sum of the larger rank's is the speed-up that
-the data split leaves possible before any overhead.
+the data split leaves possible before any overhead; counted for the step's rows dealt to the
+ranks by size (``batches.balanced_slots``, as the loop does) and in contiguous slices.
 
     python benchmarks/bench_ddp_phases.py --out /tmp/ddp_phases
 """
@@ -149,7 +150,8 @@ def run(world: int, setup: str, spec: dict) -> dict:
 
 
 def padded_tokens(spec: dict) -> dict:
-    """Per step: the 1-process forward's padded tokens and each of 2 ranks'."""
+    """Per step: the 1-process forward's padded tokens and each of 2 ranks', with the step's
+    rows dealt to the ranks by size (as the loop does) and in contiguous slices (as before)."""
     from transformers import AutoTokenizer
 
     from bench_vs_sentence_transformers import train_config
@@ -165,28 +167,34 @@ def padded_tokens(spec: dict) -> dict:
     args = argparse.Namespace(**spec["args"])
     tok = AutoTokenizer.from_pretrained(spec["model"])
     out = {}
-    for world in (1, 2):
-        cfg = train_config(spec["data"], spec["tmp"], spec["model"], args, world)
-        table, _ = load_train_table(cfg.data, "infonce")
-        perm = epoch_permutation(table.num_rows, cfg.seed, 0)
-        sizes = row_sizes(table)
-        steps = []
-        for step in range(table.num_rows // cfg.batch_size):
-            per_rank = []
-            for rank in range(world):
-                b = make_batch(table, micro_batch_rows(perm, step, cfg, rank, world, 0, sizes))
-                lengths = [len(ids) for ids in tok(
-                    [q for q in b.queries for _ in b.docs[0]], [d for g in b.docs for d in g],
-                    truncation="longest_first", max_length=cfg.max_length)["input_ids"]]
-                per_rank.append(sum(len(c) * lengths[c[0]] for c in length_batches(
-                    lengths, len(lengths), DEVICE_TOKEN_BUDGET["cpu"])))
-            steps.append(per_rank)
-        out[world] = steps
-    one = sum(s[0] for s in out[1])
-    return {"one_process": [s[0] for s in out[1]], "two_ranks": out[2],
-            "ceiling": one / sum(max(s) for s in out[2]),
-            "imbalance": sum(max(s) for s in out[2]) / (sum(map(sum, out[2])) / 2) - 1,
-            "extra_padding": sum(map(sum, out[2])) / one - 1}
+    for deal in ("dealt", "contiguous"):
+        steps_of = {}
+        for world in (1, 2):
+            cfg = train_config(spec["data"], spec["tmp"], spec["model"], args, world)
+            table, _ = load_train_table(cfg.data, "infonce")
+            perm = epoch_permutation(table.num_rows, cfg.seed, 0)
+            sizes = row_sizes(table) if deal == "dealt" else None
+            steps = []
+            for step in range(table.num_rows // cfg.batch_size):
+                per_rank = []
+                for rank in range(world):
+                    b = make_batch(table, micro_batch_rows(perm, step, cfg, rank, world, 0,
+                                                           sizes))
+                    lengths = [len(ids) for ids in tok(
+                        [q for q in b.queries for _ in b.docs[0]],
+                        [d for g in b.docs for d in g],
+                        truncation="longest_first", max_length=cfg.max_length)["input_ids"]]
+                    per_rank.append(sum(len(c) * lengths[c[0]] for c in length_batches(
+                        lengths, len(lengths), DEVICE_TOKEN_BUDGET["cpu"])))
+                steps.append(per_rank)
+            steps_of[world] = steps
+        one = sum(s[0] for s in steps_of[1])
+        two = steps_of[2]
+        out[deal] = {"one_process": [s[0] for s in steps_of[1]], "two_ranks": two,
+                     "ceiling": one / sum(max(s) for s in two),
+                     "imbalance": sum(max(s) for s in two) / (sum(map(sum, two)) / 2) - 1,
+                     "extra_padding": sum(map(sum, two)) / one - 1}
+    return out
 
 
 def markdown(report: dict) -> str:
@@ -214,10 +222,10 @@ def markdown(report: dict) -> str:
             lines.append(f"\n{r['setup']}: forward+backward CPU of 1 process over the slower "
                          f"rank's, step by step: {ratio:.2f}x (the slower rank "
                          f"{slower / mean - 1:.1%} above the ranks' mean).")
-    t = report["tokens"]
-    lines += ["", f"Padded tokens: ceiling {t['ceiling']:.2f}x (2 ranks: the larger rank "
-                  f"{t['imbalance']:.1%} above the mean; {t['extra_padding']:.1%} more padded "
-                  "tokens in all than one process)."]
+    for deal, t in report["tokens"].items():
+        lines += ["", f"Padded tokens, rows {deal}: ceiling {t['ceiling']:.2f}x (2 ranks: the "
+                      f"larger rank {t['imbalance']:.1%} above the mean; "
+                      f"{t['extra_padding']:.1%} more padded tokens in all than one process)."]
     return "\n".join(lines) + "\n"
 
 
