@@ -175,11 +175,10 @@ def test_global_batches_partition_the_epoch_for_any_world_size():
         assert whole == perm0[step * 8:(step + 1) * 8]
 
 
-
 def test_micro_batches_are_dealt_by_size_the_same_for_workers_and_accumulation():
     from raglign.training.batches import balanced_slots, micro_batch_rows
 
-    # Step 1 of a batch-8 epoch in data order: rows 8..15 (sizes 10..17 at indices 10..17).
+    # Step 1 of a batch-8 epoch in data order is rows 8..15: two small rows, then sizes 10..17.
     perm = list(range(24))
     sizes = [1] * 8 + [1, 1, 10, 11, 12, 13, 14, 17] + [1] * 8
     rows = perm[8:16]

@@ -11,8 +11,8 @@ all-reduce, and a micro-batch's cost grows with its text (every row's question a
 tokenised and padded to the longest in a length bucket). Contiguous slices of a random order
 give one worker the long rows by chance; dealing the largest row first to the lightest slot
 (the greedy longest-processing-time rule) evens the slots' characters. Characters, not tokens:
-the table is dealt before any tokenizer exists in the loop, and for one tokenizer they rank rows
-nearly the same.
+they need no tokenizer, and on the HotpotQA benchmark steps a deal by tokens evened the ranks'
+padded tokens only slightly better (docs/benchmarks.md, "Where the 2-worker time goes").
 
 Why an in-memory table and not a Ray Data stream: a streaming split hands blocks to workers in
 whatever order they finish, so neither the order nor the deal would hold.
