@@ -166,14 +166,13 @@ def padded_tokens(spec: dict) -> dict:
 
     args = argparse.Namespace(**spec["args"])
     tok = AutoTokenizer.from_pretrained(spec["model"])
+    table, _ = load_train_table(spec["data"], "infonce")
+    perm = epoch_permutation(table.num_rows, args.seed, 0)
     out = {}
-    for deal in ("dealt", "contiguous"):
+    for deal, sizes in (("dealt", row_sizes(table)), ("contiguous", None)):
         steps_of = {}
         for world in (1, 2):
             cfg = train_config(spec["data"], spec["tmp"], spec["model"], args, world)
-            table, _ = load_train_table(cfg.data, "infonce")
-            perm = epoch_permutation(table.num_rows, cfg.seed, 0)
-            sizes = row_sizes(table) if deal == "dealt" else None
             steps = []
             for step in range(table.num_rows // cfg.batch_size):
                 per_rank = []
