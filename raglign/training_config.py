@@ -332,6 +332,9 @@ class TrainConfig(JobConfig):
     # (1 - a) * objective + a * KL(p_base || p_R), both at the score temperature; for the kl
     # objective the same as mixing its targets with the base's distribution (docs/training.md).
     anchor: float | None = Field(default=None, ge=0, lt=1)  # None: DEFAULT_ANCHOR, else 0
+    # how the anchor combines with the objective: "arithmetic", (1 - a) x loss + a x
+    # KL(p_base || p_R); "geometric" (kl only), the target replaced by target^(1-a) x p_base^a
+    anchor_mix: Literal["arithmetic", "geometric"] = "arithmetic"
     max_length: int = Field(default=512, ge=8)
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=16, ge=1)  # groups per optimizer step, all workers
@@ -394,6 +397,9 @@ class TrainConfig(JobConfig):
         if self.anchor and self.objective not in SCORE_OBJECTIVES:
             raise ValueError(f"anchor applies to the score objectives ({', '.join(SCORE_OBJECTIVES)}"
                              f"); objective {self.objective!r} has its own reference")
+        if self.anchor_mix == "geometric" and self.objective != "kl":
+            raise ValueError("anchor_mix 'geometric' mixes a target distribution with the "
+                             f"base's: objective 'kl' only, got {self.objective!r}")
         if self.in_batch_negatives and (self.objective != "infonce" or self.kind != "bi"):
             raise ValueError("in_batch_negatives needs objective 'infonce' and kind 'bi' (a "
                              "cross-encoder would score batch_size times more pairs)")

@@ -10,6 +10,7 @@ from raglign.objectives import (
     emdr,
     infonce,
     base_anchor,
+    geometric_mix,
     kl_distill,
     replug_lsr,
     cosent,
@@ -115,6 +116,38 @@ def test_base_anchor_is_the_kl_target_mix():
     drift.backward()
     assert drift.item() == pytest.approx(0.0, abs=1e-12)
     assert at_base.grad.abs().max().item() < 1e-12
+
+
+def test_geometric_mix_is_the_normalised_weighted_product():
+    """target^(1-w) x softmax(base/T)^w renormalised over the real documents (numpy reference);
+    w = 0 is the target, w = 1 the base; a document the target rules out stays out, padding
+    gets 0; and the product ranks a document both favour above the peaks of each."""
+    w, t = 0.3, 0.5
+    base = torch.tensor(RNG.normal(size=(2, 5)))
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1] * 5], dtype=torch.bool)
+    target = torch.tensor(np.stack([_softmax(RNG.normal(size=5)) for _ in range(2)]))
+    target[0, 4], target[1, 2] = 0.7, 0.0  # padding's value is ignored; a real 0 stays 0
+    target[1] /= target[1].sum()
+    got = geometric_mix(target, base, w, t, mask).numpy()
+    for b, n in ((0, 4), (1, 5)):
+        p_base = _softmax(base[b, :n].numpy() / t)
+        want = target[b, :n].numpy() ** (1 - w) * p_base ** w
+        np.testing.assert_allclose(got[b, :n], want / want.sum(), rtol=1e-12)
+    assert got[0, 4] == 0.0 and got[1, 2] == 0.0
+    np.testing.assert_allclose(geometric_mix(target, base, 0.0, t, mask).numpy()[1],
+                               target[1].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(geometric_mix(target, base, 1.0, t, mask).numpy()[1],
+                               _softmax(base[1].numpy() / t), rtol=1e-12)
+    # the teacher is sure of doc 0 and rules out doc 1, the base the reverse, both give doc 2
+    # a solid second: the product puts doc 2 first, which no arithmetic mix of the two does
+    teacher = torch.tensor([[0.699, 0.001, 0.3]])
+    base_p = torch.tensor([[0.001, 0.699, 0.3]])
+    product = geometric_mix(teacher, base_p.log(), 0.5)
+    assert product.argmax().item() == 2
+    for a in np.linspace(0, 1, 11):
+        assert ((1 - a) * teacher + a * base_p).argmax().item() != 2
+    with pytest.raises(ValueError, match="weight must be in"):
+        geometric_mix(teacher, base_p, 1.5)
 
 
 def test_replug_is_kl_of_reranker_to_lm_with_reference_gradient():

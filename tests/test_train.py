@@ -453,6 +453,50 @@ def test_anchor_pulls_towards_the_frozen_base(tmp_path, groups_dir, tiny_bert_di
 def test_anchor_is_for_score_objectives_only(tmp_path, groups_dir, tiny_bert_dir):
     with pytest.raises(ValueError, match="anchor applies to the score objectives"):
         _cfg(groups_dir, tiny_bert_dir, tmp_path, objective="gumbel", anchor=0.5)
+    with pytest.raises(ValueError, match="anchor_mix 'geometric' .* objective 'kl' only"):
+        _cfg(groups_dir, tiny_bert_dir, tmp_path, kind="bi", objective="emdr", anchor=0.5,
+             anchor_mix="geometric")
+
+
+def test_geometric_anchor_trains_towards_the_product_of_target_and_base(tmp_path,
+                                                                       tiny_bert_dir):
+    """``anchor_mix: geometric`` replaces a KL student's target by target^(1-a) x p_base^a
+    (renormalised) from the frozen base's scores: at the start it is the KL to that product,
+    not the arithmetic anchor's loss, and after a step the product still uses the base."""
+    from raglign.objectives import geometric_mix, kl_distill
+    from raglign.training.batches import make_batch
+    from raglign.training.loss import build_loss
+    from raglign.training.reranker import build_reranker, scorer_class
+    from raglign.training.tables import load_train_table
+
+    rows = [dict(r, target=[0.4, 0.3, 0.1, 0.1, 0.05, 0.03, 0.02], method="pdist")
+            for r in _groups(8)]
+    for r in rows:
+        del r["labels"]
+    data = _write(rows, tmp_path / "targets")
+    a = 0.4
+    cfg = _cfg(data, tiny_bert_dir, tmp_path / "out", kind="bi", objective="kl", anchor=a,
+               anchor_mix="geometric")
+    fn = build_loss(cfg, torch.device("cpu"))
+    arithmetic = build_loss(cfg.model_copy(update={"anchor_mix": "arithmetic"}),
+                            torch.device("cpu"))
+    table, _ = load_train_table(data, "kl")
+    batch = make_batch(table, [0, 1, 2, 3])
+    student = scorer_class()(build_reranker(cfg), False)
+    t = cfg.score_temperature
+    with torch.no_grad():
+        base = scorer_class()(build_reranker(cfg), False)(batch.queries, batch.docs).float()
+    for step in range(2):
+        scores = student(batch.queries, batch.docs).float()
+        want = kl_distill(scores, geometric_mix(batch.values, base, a, t, batch.mask), t,
+                          batch.mask)
+        got = fn(student, batch)
+        assert got.item() == pytest.approx(want.item(), rel=1e-6)
+        assert abs(got.item() - arithmetic(student, batch).item()) > 1e-3
+        torch.optim.SGD(student.parameters(), lr=0.5).zero_grad()
+        got.backward()
+        torch.optim.SGD(student.parameters(), lr=0.5).step()
+    assert fn.pop_means()["kl_to_base"] > 0
 
 
 def test_an_unset_anchor_takes_the_default_of_its_kind_and_objective(tmp_path, groups_dir,

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from raglign.objectives.emdr import emdr
 from raglign.objectives.infonce import infonce
-from raglign.objectives.kl import base_anchor, kl_distill, replug_lsr
+from raglign.objectives.kl import base_anchor, geometric_mix, kl_distill, replug_lsr
 from raglign.objectives.supervised import cosent, supervised
 
-__all__ = ["base_anchor", "cosent", "emdr", "infonce", "kl_distill", "replug_lsr", "supervised"]
+__all__ = ["base_anchor", "cosent", "emdr", "geometric_mix", "infonce", "kl_distill", "replug_lsr",
+           "supervised"]

@@ -18,6 +18,12 @@ Two directions, as the papers use them:
   target with ``p_base`` by a weight α gives the same gradient as ``(1 - α) KL(target || p_R) +
   α KL(p_base || p_R)``: the anchor is the distillation analogue of RADIO's α mix of the LLM
   signal with the retrieval score.
+* :func:`geometric_mix` — the other way to combine a KL objective's target with the base:
+  ``target^(1 - α) · p_base^α``, renormalised (a product of experts). An arithmetic mix keeps
+  each distribution's peaks and so can only move the student between the two rankings; the
+  product sums the two log-scores, as RADIO's α mix sums the LLM signal and the retrieval score,
+  so a document both rank high rises above one that only one of them favours, and the mix can
+  rank better than either (docs/distillation.md measures it).
 
 Atlas uses ``T = T_R = 0.01`` with dot-product retriever scores; for cross-encoder logits
 ``T_R = 1`` is the natural scale (see docs/training.md).
@@ -73,3 +79,20 @@ def base_anchor(scores: torch.Tensor, base_scores: torch.Tensor, temperature: fl
     mask = check_scores(scores, base_scores, mask, "base_scores")
     target = masked_log_softmax(base_scores.detach().to(scores.dtype) / temperature, mask).exp()
     return kl_distill(scores, target, temperature, mask)
+
+
+def geometric_mix(target_probs: torch.Tensor, base_scores: torch.Tensor, weight: float,
+                  temperature: float = 1.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax((1 - w) log target + w log softmax(base_scores / T))`` over each row's real
+    documents: the target mixed with the base's own distribution as a normalised weighted
+    geometric mean. ``w = 0`` returns the target, ``w = 1`` the base's distribution; a document
+    the target gives 0 stays at 0 while ``w < 1``. Padding gets probability 0; no gradient."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    mask = check_scores(base_scores, target_probs, mask, "target_probs")
+    dtype = torch.promote_types(target_probs.dtype, torch.float32)  # no bf16 logs
+    log_base = masked_log_softmax(base_scores.detach().to(dtype) / temperature, mask)
+    log_target = torch.log(target_probs.detach().to(dtype).clamp_min(0))  # 0 -> -inf
+    # weight 1 must not let -inf * 0 turn into NaN: the target's zeros only count below 1
+    mixed = weight * log_base + ((1 - weight) * log_target if weight < 1 else 0.0)
+    return masked_log_softmax(mixed, mask).exp().to(target_probs.dtype)

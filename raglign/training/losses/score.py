@@ -14,7 +14,8 @@ from abc import abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from raglign.objectives import base_anchor, cosent, emdr, infonce, kl_distill, replug_lsr, supervised
+from raglign.objectives import (base_anchor, cosent, emdr, geometric_mix, infonce, kl_distill,
+                                replug_lsr, supervised)
 from raglign.training.loss import Loss
 from raglign.training.reranker import build_reranker, scorer_class
 from raglign.training_config import OBJECTIVES, TrainConfig
@@ -54,6 +55,7 @@ class ScoreLoss(Loss):
                                  cfg.kind)
         self.device = device
         self.anchor = cfg.anchor_weight
+        self.geometric = cfg.anchor_mix == "geometric"
         # The frozen starting reranker, scored like the student (in-batch shape included); it
         # is rebuilt from the config, so a run resumed from a checkpoint anchors to the same base.
         self.base = (scorer_class()(build_reranker(cfg, device).eval().requires_grad_(False),
@@ -76,16 +78,19 @@ class ScoreLoss(Loss):
         import torch
 
         scores = model(batch.queries, batch.docs).float()
-        mask = batch.mask.to(self.device)
-        loss = self.loss(scores, batch.values.to(self.device), mask, self.params)
+        mask, values = batch.mask.to(self.device), batch.values.to(self.device)
         if self.base is None:
-            return loss
-        mask = score_mask(mask, scores, self.params)
+            return self.loss(scores, values, mask, self.params)
         with torch.no_grad():
             base = self.base(batch.queries, batch.docs).float()
-        drift = base_anchor(scores, base, self.params.temperature, mask)
+        drift = base_anchor(scores, base, self.params.temperature,
+                            score_mask(mask, scores, self.params))
         self._anchor_kl.append(float(drift.detach()))
-        return (1 - self.anchor) * loss + self.anchor * drift
+        if self.geometric:  # the target itself moves towards the base (objective kl only)
+            mixed = geometric_mix(values, base, self.anchor, self.params.temperature, mask)
+            return self.loss(scores, mixed, mask, self.params)
+        return ((1 - self.anchor) * self.loss(scores, values, mask, self.params)
+                + self.anchor * drift)
 
     def pop_means(self) -> dict[str, float]:
         """``kl_to_base``: how far the student has moved from the anchor, per logging window."""
@@ -98,7 +103,10 @@ class ScoreLoss(Loss):
     @classmethod
     def describe(cls, cfg: TrainConfig) -> tuple[str, str]:
         a = cfg.anchor_weight
-        anchor = f"; anchored to the base: (1 - {a}) x loss + {a} x KL(p_base || p_R)" if a else ""
+        anchor = ("" if not a else
+                  f"; target anchored to the base: target^(1 - {a}) x p_base^{a}, renormalised"
+                  if cfg.anchor_mix == "geometric" else
+                  f"; anchored to the base: (1 - {a}) x loss + {a} x KL(p_base || p_R)")
         return (f"per-document field `{OBJECTIVES[cfg.objective].rows}`",
                 f"{cls.description}; score temperature {cfg.score_temperature}{anchor}")
 

@@ -1,0 +1,62 @@
+"""benchmarks/distill_nq.py deals its questions three ways by the fixed id hash: disjoint parts,
+the same questions whatever the file order, and none of the test questions ever trained on."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("distill_nq",
+                                                  REPO / "benchmarks" / "distill_nq.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rows(ids):
+    return [{"id": i, "question": f"q{i}?", "answers": ["a"],
+             "candidates": [{"doc_id": f"d{i}", "title": "t", "text": "x", "is_gold": True}]}
+            for i in ids]
+
+
+def test_three_way_split_by_id_hash(tmp_path):
+    from raglign.data.io import read_rows, write_rows
+    from raglign.data.split import is_test
+
+    bench = _bench()
+    ids = [f"nq{i}" for i in range(400)]
+    write_rows(_rows(ids), tmp_path / "forward")
+    write_rows(_rows(ids[::-1]), tmp_path / "reversed")
+    parts = {}
+    for name in ("forward", "reversed"):
+        paths = bench.split(tmp_path / name, tmp_path / f"out-{name}", 300)
+        parts[name] = {s: [r["id"] for r in read_rows(p)] for s, p in paths.items()}
+        counts = json.loads((tmp_path / f"out-{name}" / "split" / "counts.json").read_text())
+        assert counts == {s: len(v) for s, v in parts[name].items()}
+    fwd = parts["forward"]
+    assert {s: set(v) for s, v in fwd.items()} == {s: set(v) for s, v in parts["reversed"].items()}
+    chosen = set(sorted(ids, key=bench.hash_order)[:300])
+    assert set().union(*map(set, fwd.values())) == chosen and sum(map(len, fwd.values())) == 300
+    assert set(fwd["test"]) == {i for i in chosen if is_test(i, 0.3)}
+    assert set(fwd["val"]) == {i for i in chosen - set(fwd["test"]) if is_test(i, 0.4, seed=1)}
+    # the shares follow the fractions (300 draws: 30 % test, 40 % of the other 70 % validation)
+    assert 60 <= len(fwd["test"]) <= 120 and 60 <= len(fwd["val"]) <= 110
+
+
+def test_grid_varies_the_anchor_mix_only_where_there_is_an_anchor():
+    bench = _bench()
+    points = bench.grid("0.02,0.1", "0,0.5", "arithmetic,geometric")
+    assert points == [(0.02, 0.0, "arithmetic"), (0.02, 0.5, "arithmetic"),
+                      (0.02, 0.5, "geometric"), (0.1, 0.0, "arithmetic"),
+                      (0.1, 0.5, "arithmetic"), (0.1, 0.5, "geometric")]
+    names = [bench.run_name("bi", *p) for p in points]
+    assert names == ["T0.02-a0", "T0.02-a0.5", "T0.02-a0.5-geo", "T0.1-a0", "T0.1-a0.5",
+                     "T0.1-a0.5-geo"]
+    assert bench.run_name("cross", 1.0, 0.0) == "cross-T1-a0"
