@@ -520,6 +520,19 @@ def test_an_unset_anchor_takes_the_default_of_its_kind_and_objective(tmp_path, g
     assert weight(kind="cross", objective="infonce", anchor=0.2) == 0.2
 
 
+def test_an_unset_anchor_mix_is_geometric_for_bi_encoder_kl_only(tmp_path, groups_dir,
+                                                                tiny_bert_dir):
+    """The validation choice (docs/distillation.md point 10) is the default for a bi-encoder KL
+    student only; a given mix always wins."""
+    def mode(**kw):
+        return _cfg(groups_dir, tiny_bert_dir, tmp_path, **kw).anchor_mode
+
+    assert mode(kind="bi", objective="kl") == "geometric"
+    assert mode(kind="bi", objective="kl", anchor_mix="arithmetic") == "arithmetic"
+    assert mode(kind="bi", objective="emdr") == mode(kind="cross", objective="kl") == "arithmetic"
+    assert mode(kind="cross", objective="kl", anchor=0.5, anchor_mix="geometric") == "geometric"
+
+
 # --- Ray Train: 2 DDP workers, stop at max_steps, resume --------------------------------------
 
 def test_two_worker_ddp_resumes_and_matches_uninterrupted_training(

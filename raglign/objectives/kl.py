@@ -19,11 +19,11 @@ Two directions, as the papers use them:
   α KL(p_base || p_R)``: the anchor is the distillation analogue of RADIO's α mix of the LLM
   signal with the retrieval score.
 * :func:`geometric_mix` — the other way to combine a KL objective's target with the base:
-  ``target^(1 - α) · p_base^α``, renormalised (a product of experts). An arithmetic mix keeps
-  each distribution's peaks and so can only move the student between the two rankings; the
-  product sums the two log-scores, as RADIO's α mix sums the LLM signal and the retrieval score,
-  so a document both rank high rises above one that only one of them favours, and the mix can
-  rank better than either (docs/distillation.md measures it).
+  ``target^(1 - α) · p_base^α``, renormalised (a product of experts). Where the two disagree,
+  an arithmetic mix keeps both peaks and asks the student for two modes; the product sums the
+  two log-scores, as RADIO's α mix sums the LLM signal and the retrieval score, so its mass
+  goes to the documents both rank high, and a document only one of them favours is pulled
+  down by the other (docs/distillation.md compares the two).
 
 Atlas uses ``T = T_R = 0.01`` with dot-product retriever scores; for cross-encoder logits
 ``T_R = 1`` is the natural scale (see docs/training.md).

@@ -55,7 +55,7 @@ class ScoreLoss(Loss):
                                  cfg.kind)
         self.device = device
         self.anchor = cfg.anchor_weight
-        self.geometric = cfg.anchor_mix == "geometric"
+        self.geometric = cfg.anchor_mode == "geometric"
         # The frozen starting reranker, scored like the student (in-batch shape included); it
         # is rebuilt from the config, so a run resumed from a checkpoint anchors to the same base.
         self.base = (scorer_class()(build_reranker(cfg, device).eval().requires_grad_(False),
@@ -105,7 +105,7 @@ class ScoreLoss(Loss):
         a = cfg.anchor_weight
         anchor = ("" if not a else
                   f"; target anchored to the base: target^(1 - {a}) x p_base^{a}, renormalised"
-                  if cfg.anchor_mix == "geometric" else
+                  if cfg.anchor_mode == "geometric" else
                   f"; anchored to the base: (1 - {a}) x loss + {a} x KL(p_base || p_R)")
         return (f"per-document field `{OBJECTIVES[cfg.objective].rows}`",
                 f"{cls.description}; score temperature {cfg.score_temperature}{anchor}")
