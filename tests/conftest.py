@@ -221,3 +221,19 @@ def llama_server(tmp_path_factory):
            "--n_ctx", "512", "--n_threads", "2", "--logits_all", "true", "--verbose", "false"]
     with serve(cmd, port, tmp_path_factory.mktemp("llama") / "log", "/v1/models") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def bench_module():
+    """``load(name)``: the script ``benchmarks/<name>.py`` as a module (``benchmarks/`` is not a
+    package; its scripts import each other by name, so the folder goes on ``sys.path``)."""
+    def load(name: str):
+        if str(REPO / "benchmarks") not in sys.path:
+            sys.path.insert(0, str(REPO / "benchmarks"))
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    return load

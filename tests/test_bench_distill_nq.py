@@ -3,21 +3,7 @@ the same questions whatever the file order, and none of the test questions ever 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("distill_nq",
-                                                  REPO / "benchmarks" / "distill_nq.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rows(ids):
@@ -26,11 +12,11 @@ def _rows(ids):
             for i in ids]
 
 
-def test_three_way_split_by_id_hash(tmp_path):
+def test_three_way_split_by_id_hash(tmp_path, bench_module):
     from raglign.data.io import read_rows, write_rows
     from raglign.data.split import is_test
 
-    bench = _bench()
+    bench = bench_module("distill_nq")
     ids = [f"nq{i}" for i in range(400)]
     write_rows(_rows(ids), tmp_path / "forward")
     write_rows(_rows(ids[::-1]), tmp_path / "reversed")
@@ -50,8 +36,8 @@ def test_three_way_split_by_id_hash(tmp_path):
     assert 60 <= len(fwd["test"]) <= 120 and 60 <= len(fwd["val"]) <= 110
 
 
-def test_grid_varies_the_anchor_mix_only_where_there_is_an_anchor():
-    bench = _bench()
+def test_grid_varies_the_anchor_mix_only_where_there_is_an_anchor(bench_module):
+    bench = bench_module("distill_nq")
     points = bench.grid("0.02,0.1", "0,0.5", "arithmetic,geometric")
     assert points == [(0.02, 0.0, "arithmetic"), (0.02, 0.5, "arithmetic"),
                       (0.02, 0.5, "geometric"), (0.1, 0.0, "arithmetic"),

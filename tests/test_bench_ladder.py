@@ -3,22 +3,7 @@ targets as stated, ranks by the mixed targets, and refuses a row it cannot mix."
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _ladder():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("teacher_ladder",
-                                                  REPO / "benchmarks" / "teacher_ladder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _row(rid: str, target: list[float]) -> dict:
@@ -26,8 +11,8 @@ def _row(rid: str, target: list[float]) -> dict:
             "docs": [{"doc_id": f"{rid}-{j}", "title": "t", "text": "x"} for j in range(len(target))]}
 
 
-def test_gold_mix_and_the_teachers_own_ranking():
-    ladder = _ladder()
+def test_gold_mix_and_the_teachers_own_ranking(bench_module):
+    ladder = bench_module("teacher_ladder")
     canonical = [{"id": "a", "candidates": [{"doc_id": "a-0"}, {"doc_id": "a-1", "is_gold": True},
                                             {"doc_id": "a-2", "is_gold": True}]},
                  {"id": "b", "candidates": [{"doc_id": "b-0", "is_gold": True},

@@ -5,34 +5,20 @@ produce the same loss at every step."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _bench():
-    path = REPO / "benchmarks" / "bench_vs_sentence_transformers.py"
-    spec = importlib.util.spec_from_file_location("bench_vs_sentence_transformers", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_listnet_on_log_onehot_labels_is_raglign_infonce(tmp_path, minilm_tokenizer):
+def test_listnet_on_log_onehot_labels_is_raglign_infonce(tmp_path, minilm_tokenizer,
+                                                         bench_module):
     from sentence_transformers.cross_encoder import CrossEncoder
 
     from raglign.training.tables import load_train_table
 
-    bench = _bench()
+    bench = bench_module("bench_vs_sentence_transformers")
     model_dir = bench.tiny_cross_encoder(tmp_path / "model", minilm_tokenizer, 64, seed=0)
     texts = ["Paris is the capital of France.", "The Seine flows through Paris.",
              "Bears eat honey.", "A bicycle has two wheels.", "Mount Everest is in Nepal."]
@@ -69,8 +55,8 @@ def test_listnet_on_log_onehot_labels_is_raglign_infonce(tmp_path, minilm_tokeni
     assert bench.st_labels([0.0, 1.0, 0.0]) == [-math.inf, 0.0, -math.inf]
 
 
-def test_tiny_benchmark_trains_both_to_the_same_losses(tmp_path, shared_data):
-    bench = _bench()
+def test_tiny_benchmark_trains_both_to_the_same_losses(tmp_path, shared_data, bench_module):
+    bench = bench_module("bench_vs_sentence_transformers")
     report = bench.main(["--tiny", "--out", str(tmp_path),
                          "--data", str(shared_data / "hotpotqa" / "hotpotqa_train.json")])
     st, local = report["runs"]
