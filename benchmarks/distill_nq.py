@@ -139,9 +139,10 @@ def evaluate(out: Path, rows: Path, part: str, models: dict[str, Path], args) ->
     from raglign.pipeline.evaluate import EvalConfig, evaluate_many
 
     runs = {"base": RECIPE["model"], **{n: str(m) for n, m in models.items()}}
-    # a cross-encoder's base is MiniLM with a new (seeded) one-logit head: another base
-    paths = {n: out / "eval" / part / f"{n if n != 'base' else 'base-' + args.kind}.json"
-             for n in runs}
+    # files named by the trained run (``control`` is another model per kind and choice); a
+    # cross-encoder's base is MiniLM with a new (seeded) one-logit head: another base
+    paths = {n: out / "eval" / part / (f"base-{args.kind}.json" if n == "base" else
+                                       f"{Path(m).parent.name}.json") for n, m in runs.items()}
     todo = [EvalConfig(data=str(rows), output=str(paths[n]), name=n, reranker=m,
                        reranker_kind=args.kind, k1=args.k, actors=args.actors)
             for n, m in runs.items() if not paths[n].exists()]
@@ -228,7 +229,6 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
     with ray_session():
         parts = split(Path(args.retrieved), out, args.questions)
         labelled, pdist = teacher(parts["train"], out, args)
@@ -253,8 +253,7 @@ def main() -> None:
         "test_vs_base": differences(test, "base", list(models), args.n_boot),
         "test_vs_default": differences(test, default, [n for n in runs if n != default],
                                        args.n_boot),
-        "test_vs_control": differences(test, "control", [chosen], args.n_boot)[chosen],
-        "seconds": round(time.monotonic() - started, 1)}
+        "test_vs_control": differences(test, "control", [chosen], args.n_boot)[chosen]}
     md, js = markdown(result), json.dumps(result, indent=2) + "\n"
     stem = "distill_nq" + ("" if bi else "_cross")
     for path, text in ((out / f"{stem}.json", js), (out / f"{stem}.md", md),
