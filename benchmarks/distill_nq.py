@@ -56,6 +56,7 @@ def log(msg: str) -> None:
 
 
 def hash_order(row_id: str) -> bytes:
+    """The order questions are taken in: a hash of the id, whatever the file's order."""
     return hashlib.sha256(f"order:{row_id}".encode()).digest()
 
 
@@ -158,6 +159,39 @@ def teacher_quality(labelled: Path) -> dict[str, dict]:
             for name in ("retrieval", "answer_logprob")}
 
 
+def mixed_target_quality(labelled: Path, mined: Path, temperature: float = 0.02,
+                         anchor: float = 0.5) -> dict[str, dict]:
+    """What the anchored targets themselves rank, before any student: each PDist row's target
+    mixed with the base's distribution ``softmax(score / T)`` arithmetically and geometrically
+    (the training loss's own :func:`raglign.objectives.geometric_mix`), scored against the gold
+    passages like a teacher (``teacher_ladder.target_ranking``). The candidates' ``score`` is
+    the base's only because MiniLM both retrieves and is the base (the demo's and this
+    benchmark's setting). Rows without a gold passage among their candidates are left out, as
+    the label job's signal evaluation leaves them out."""
+    import torch
+
+    from raglign.data.io import read_rows
+    from raglign.objectives import geometric_mix
+    from teacher_ladder import gold_ids, target_ranking
+
+    canonical = read_rows(labelled)
+    gold = gold_ids(canonical)
+    score = {r["id"]: {c["doc_id"]: c["score"] for c in r["candidates"]} for r in canonical}
+    rows = [r for r in read_rows(mined) if gold[r["id"]]]
+    out = {}
+    for mix in ("arithmetic", "geometric"):
+        mixed = []
+        for r in rows:
+            target = torch.tensor([r["target"]], dtype=torch.float64)
+            base = torch.tensor([[score[r["id"]][d["doc_id"]] for d in r["docs"]]],
+                                dtype=torch.float64)
+            t = (geometric_mix(target, base, anchor, temperature) if mix == "geometric" else
+                 (1 - anchor) * target + anchor * torch.softmax(base / temperature, dim=1))
+            mixed.append({**r, "target": t[0].tolist()})
+        out[mix] = target_ranking(mixed, gold)
+    return out
+
+
 def table(reports: dict[str, dict], vs_base: dict, vs_default: dict, default: str) -> list[str]:
     lines = [f"| run | MRR | Recall@5 | MRR − base | R@5 − base | MRR − {default} | "
              f"R@5 − {default} |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -177,7 +211,10 @@ def markdown(result: dict) -> str:
              f"{result['split']}. Teacher's own MRR / Recall@5 on the training questions: "
              f"{teach['answer_logprob']['mrr']:.3f} / {teach['answer_logprob']['recall@5']:.3f} "
              f"(the base's: {teach['retrieval']['mrr']:.3f} / "
-             f"{teach['retrieval']['recall@5']:.3f}). Runs are `T<student temperature>-a<anchor>`,"
+             f"{teach['retrieval']['recall@5']:.3f}); the targets mixed with the base's "
+             f"distribution (anchor 0.5, T 0.02): {_pair(result['mixed_targets']['arithmetic'])}"
+             f" arithmetic, {_pair(result['mixed_targets']['geometric'])} geometric. "
+             f"Runs are `T<student temperature>-a<anchor>`,"
              f" `-geo` the geometric anchor (`anchor_mix`); `{default}` is the default before "
              f"this benchmark. Differences: paired bootstrap "
              f"95 % CIs (▲/▼: the interval excludes 0).", "",
@@ -215,7 +252,16 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--json", default=None, help="default: docs/distill_nq[_cross].json")
     ap.add_argument("--md", default=None, help="default: docs/distill_nq[_cross].md")
+    ap.add_argument("--targets-of", metavar="RUN",
+                    help="only print what the anchored targets of RUN (a directory with "
+                         "labelled/ and mined/pdist/: a raglign demo or this benchmark's --out) "
+                         "rank, and exit")
     args = ap.parse_args()
+    if args.targets_of:
+        run = Path(args.targets_of)
+        print(json.dumps(mixed_target_quality(run / "labelled", run / "mined" / "pdist"),
+                         indent=2))
+        return
     bi = args.kind == "bi"
     settings = {run_name(args.kind, *g): g for g in grid(
         args.temperatures or ("0.02,0.1" if bi else "0.3,1,3"),
@@ -243,7 +289,8 @@ def main() -> None:
     result = {
         "split": ", ".join(f"{s} {n}" for s, n in
                            json.loads((out / "split" / "counts.json").read_text()).items()),
-        "kind": args.kind, "teacher": teacher_quality(labelled), "chosen": chosen,
+        "kind": args.kind, "teacher": teacher_quality(labelled),
+        "mixed_targets": mixed_target_quality(labelled, pdist), "chosen": chosen,
         "default": default,
         "val": {n: _summary(r) for n, r in val.items()},
         "val_vs_base": differences(val, "base", runs, args.n_boot),
@@ -261,6 +308,10 @@ def main() -> None:
                        (Path(args.md or f"docs/{stem}.md"), md)):
         path.write_text(text)
     print("\n" + md, flush=True)
+
+
+def _pair(quality: dict) -> str:
+    return f"{quality['mrr']:.3f} / {quality['recall@5']:.3f}"
 
 
 def _summary(report: dict) -> dict:

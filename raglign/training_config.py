@@ -405,6 +405,9 @@ class TrainConfig(JobConfig):
         if self.anchor_mix == "geometric" and self.objective != "kl":
             raise ValueError("anchor_mix 'geometric' mixes a target distribution with the "
                              f"base's: objective 'kl' only, got {self.objective!r}")
+        if self.anchor_mix == "geometric" and self.anchor_weight == 0:
+            raise ValueError("anchor_mix 'geometric' needs an anchor: set anchor above 0 (the "
+                             f"{self.kind}-encoder {self.objective} default is 0)")
         if self.in_batch_negatives and (self.objective != "infonce" or self.kind != "bi"):
             raise ValueError("in_batch_negatives needs objective 'infonce' and kind 'bi' (a "
                              "cross-encoder would score batch_size times more pairs)")

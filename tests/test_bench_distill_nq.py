@@ -46,3 +46,32 @@ def test_grid_varies_the_anchor_mix_only_where_there_is_an_anchor(bench_module):
     assert names == ["T0.02-a0", "T0.02-a0.5", "T0.02-a0.5-geo", "T0.1-a0", "T0.1-a0.5",
                      "T0.1-a0.5-geo"]
     assert bench.run_name("cross", 1.0, 0.0) == "cross-T1-a0"
+
+
+def test_what_the_anchored_targets_rank(tmp_path, bench_module):
+    """The teacher is sure of d2 and the base of d0, both give the gold d1 a solid second: the
+    geometric mix ranks d1 first (MRR 1), the arithmetic one third (1/3); a question without a
+    gold candidate is left out."""
+    import math
+
+    from raglign.data.io import write_rows
+
+    bench = bench_module("distill_nq")
+    base = [0.7, 0.29, 0.01]  # softmax(score / T) with T = 1 and score = log p
+    labelled = [{"id": "q", "question": "?", "candidates": [
+                    {"doc_id": f"d{i}", "title": "t", "text": "x", "score": math.log(p),
+                     "is_gold": i == 1}
+                    for i, p in enumerate(base)]},
+                {"id": "nogold", "question": "?", "candidates": [
+                    {"doc_id": "x", "title": "t", "text": "x", "score": 0.0,
+                     "is_gold": False}]}]
+    mined = [{"id": "q", "question": "?", "target": [0.01, 0.29, 0.7],
+              "docs": [{"doc_id": f"d{i}", "title": "t", "text": "x"} for i in range(3)]},
+             {"id": "nogold", "question": "?", "target": [1.0],
+              "docs": [{"doc_id": "x", "title": "t", "text": "x"}]}]
+    write_rows(labelled, tmp_path / "labelled")
+    write_rows(mined, tmp_path / "mined")
+    got = bench.mixed_target_quality(tmp_path / "labelled", tmp_path / "mined", temperature=1.0,
+                                     anchor=0.5)
+    assert got["geometric"] == {"mrr": 1.0, "recall@5": 1.0}
+    assert got["arithmetic"]["mrr"] == 1 / 3 and got["arithmetic"]["recall@5"] == 1.0

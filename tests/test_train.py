@@ -456,6 +456,9 @@ def test_anchor_is_for_score_objectives_only(tmp_path, groups_dir, tiny_bert_dir
     with pytest.raises(ValueError, match="anchor_mix 'geometric' .* objective 'kl' only"):
         _cfg(groups_dir, tiny_bert_dir, tmp_path, kind="bi", objective="emdr", anchor=0.5,
              anchor_mix="geometric")
+    with pytest.raises(ValueError, match="needs an anchor: .*the cross-encoder kl default is 0"):
+        _cfg(groups_dir, tiny_bert_dir, tmp_path, kind="cross", objective="kl",
+             anchor_mix="geometric")
 
 
 def test_geometric_anchor_trains_towards_the_product_of_target_and_base(tmp_path,
