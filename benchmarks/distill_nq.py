@@ -65,17 +65,15 @@ def split(retrieved: Path, out: Path, questions: int) -> dict[str, Path]:
     not depend on the file order), dealt by :func:`raglign.data.split.is_test`: test 30 %, then
     validation 40 % of the rest (seed 1), train the remainder."""
     from raglign.data.io import read_rows, write_rows
-    from raglign.data.split import is_test
+    from raglign.data.split import split_rows
 
     paths = {s: out / "split" / s for s in ("train", "val", "test")}
     if (out / "split" / "counts.json").exists():
         return paths
     rows = sorted(read_rows(retrieved), key=lambda r: hash_order(str(r["id"])))[:questions]
-    parts: dict[str, list] = {s: [] for s in paths}
-    for r in rows:
-        part = ("test" if is_test(str(r["id"]), 0.3) else
-                "val" if is_test(str(r["id"]), 0.4, seed=1) else "train")
-        parts[part].append(r)
+    rest, test = split_rows(rows, 0.3)
+    train, val = split_rows(rest, 0.4, seed=1)
+    parts = {"train": train, "val": val, "test": test}
     for s, p in paths.items():
         write_rows(parts[s], p)
     (out / "split" / "counts.json").write_text(json.dumps({s: len(v) for s, v in parts.items()}))
