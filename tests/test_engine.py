@@ -361,3 +361,21 @@ def test_real_smollm2_parallel_and_single_document():
     single = eng.single_document(eng.prepare(QUESTION, docs), ANSWER)
     assert single.argmax().item() == 1  # the gold-containing document, by a clear margin
     assert single[[0, 2]].max() < single[1] - 0.5
+
+
+def test_differentiable_bias_on_cuda_pins_sdpa_to_the_math_kernel():
+    """CUDA's memory-efficient SDPA backward refuses a gradient into the attention bias (seen on
+    an H200); only a CUDA forward whose bias requires grad switches kernels."""
+    from raglign.engine.engine import _bias_grad_kernel
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    soft = torch.zeros(1, 4, 4, requires_grad=True)
+    assert torch.backends.cuda.mem_efficient_sdp_enabled()
+    with _bias_grad_kernel(soft, cuda):
+        assert torch.backends.cuda.math_sdp_enabled()
+        assert not torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert not torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.mem_efficient_sdp_enabled()
+    for bias, device in ((soft.detach(), cuda), (None, cuda), (soft, cpu)):
+        with _bias_grad_kernel(bias, device):
+            assert torch.backends.cuda.mem_efficient_sdp_enabled()

@@ -53,7 +53,7 @@ so no gradient is ever accumulated in it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,7 @@ from transformers import DynamicCache
 
 from raglign.batching import length_batches
 from raglign.errors import ConfigError, DataError
+from raglign.kv_cache import cache_kwarg
 from raglign.masks import (DEFAULT_EPS, additive_mask, keep_mask, leave_one_out_masks, log_mask,
                            sliding_window)
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, parallel_prompt
@@ -228,8 +229,9 @@ class DocumentEngine:
         P = len(ids)
         pos = torch.arange(P, device=self.device)
         causal = torch.ones(P, P, dtype=torch.bool, device=self.device).tril()
-        cache = self._forward(torch.tensor([ids], device=self.device), pos[None], None,
-                              causal[None], pos[None], pos[None]).cache
+        cache = DynamicCache()
+        self._forward(torch.tensor([ids], device=self.device), pos[None], cache, causal[None],
+                      pos[None], pos[None])
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _encode_documents(self, prefix: list[tuple[torch.Tensor, torch.Tensor]],
@@ -245,31 +247,33 @@ class DocumentEngine:
         k_pos = torch.arange(P + T, device=self.device)
         allowed = torch.ones(T, P + T, dtype=torch.bool, device=self.device)
         allowed[:, P:] = torch.ones(T, T, dtype=torch.bool, device=self.device).tril()
-        past = [(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1)) for k, v in prefix]
-        cache = self._forward(ids, q_pos.expand(b, T), past, allowed[None], q_pos[None],
-                              k_pos[None]).cache
+        cache = DynamicCache(ddp_cache_data=[(k.expand(b, -1, -1, -1), v.expand(b, -1, -1, -1))
+                                             for k, v in prefix])
+        self._forward(ids, q_pos.expand(b, T), cache, allowed[None], q_pos[None], k_pos[None])
         return [[(layer.keys[row:row + 1, :, P:P + len(d)].clone(),
                   layer.values[row:row + 1, :, P:P + len(d)].clone()) for layer in cache.layers]
                 for row, d in enumerate(docs)]
 
-    def _forward(self, ids: torch.Tensor, position_ids: torch.Tensor,
-                 past: list[tuple[torch.Tensor, torch.Tensor]] | None, allowed: torch.Tensor,
+    def _forward(self, ids: torch.Tensor, position_ids: torch.Tensor, cache: DynamicCache,
+                 allowed: torch.Tensor,
                  q_pos: torch.Tensor, k_pos: torch.Tensor, bias: torch.Tensor | None = None,
                  logits_index: torch.Tensor | None = None, output_attentions: bool = False):
-        """One forward with an explicit attention pattern. A fresh ``DynamicCache`` without a
-        config every time: the forward appends to it, and a config would make sliding layers
-        truncate the cache so that pieces no longer line up."""
+        """One forward with an explicit attention pattern over ``cache`` (filled in place). The
+        callers build a fresh ``DynamicCache`` without a config every time: the forward appends
+        to it, and a config would make sliding layers truncate the cache so that pieces no
+        longer line up."""
         dtype = self.dtype
         mask = additive_mask(allowed, dtype, bias)
         if self._window is not None:
             mask = {"full_attention": mask,
                     "sliding_attention": additive_mask(allowed, dtype, bias, q_pos, k_pos,
                                                        self._window)}
-        cache = DynamicCache(ddp_cache_data=past) if past else DynamicCache()
         kwargs = {"output_attentions": True} if output_attentions else {}
-        return self.model(input_ids=ids, position_ids=position_ids, attention_mask=mask,
-                          cache=cache, use_cache=True,
-                          logits_to_keep=1 if logits_index is None else logits_index, **kwargs)
+        with _bias_grad_kernel(bias, ids.device):
+            return self.model(input_ids=ids, position_ids=position_ids, attention_mask=mask,
+                              **cache_kwarg(self.model, cache), use_cache=True,
+                              logits_to_keep=1 if logits_index is None else logits_index,
+                              **kwargs)
 
     # ------------------------------------------------------------------ masked likelihoods
     def masked_logprobs(self, cache: DocCache, answer: str, masks: torch.Tensor,
@@ -359,7 +363,7 @@ class DocumentEngine:
         pos = (self.suffix_starts(cache, masks).repeat_interleave(S)
                + torch.arange(S, device=dev).repeat(g))
         ids = torch.tensor(seq, device=dev).repeat(g)
-        past = list(zip(cache.keys, cache.values))
+        past = DynamicCache(ddp_cache_data=list(zip(cache.keys, cache.values)))
         return self._forward(ids[None], pos[None], past, allowed[None], pos[None],
                              torch.cat([cache.key_pos, pos])[None], bias=bias[None],
                              **forward_kwargs)
@@ -443,6 +447,21 @@ class DocumentEngine:
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
     """Log-softmax in at least float32 (bf16 logits lose ~0.1 nats), float64 kept for checks."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+def _bias_grad_kernel(bias: torch.Tensor | None, device: torch.device):
+    """SDPA pinned to its reference (math) kernel while a CUDA forward's attention bias carries
+    a gradient: G-Rerank's soft document mask. CUDA's memory-efficient backward refuses a
+    gradient into the bias ("LSE is not correctly aligned (strideH)", seen with torch 2.11 on
+    an H200 in benchmarks/gpu_suite.py's G-Rerank step) and flash attention takes no bias at
+    all. The math kernel computes the same values with more memory; every pass without a
+    differentiable bias (all the scoring readers) keeps the fast kernels, and CPU is untouched.
+    """
+    if bias is None or not bias.requires_grad or device.type != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 @contextmanager

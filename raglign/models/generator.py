@@ -33,6 +33,7 @@ from transformers import DynamicCache, GenerationConfig, StoppingCriteria, Stopp
 from raglign.batching import length_batches
 from raglign.batching import token_budget as default_token_budget
 from raglign.errors import ConfigError, DataError, did_you_mean
+from raglign.kv_cache import cache_kwarg
 from raglign.masks import LAYER_TYPES, additive_mask, sliding_window
 from raglign.prompts import ParallelPrompt, answer_continuation, encode_piece, encode_prompt
 
@@ -355,7 +356,8 @@ class TransformersGenerator(Generator):
         extra = {"use_cache": False}
         if shared:
             pos = pos + shared
-            extra = {"cache": self._prefix_cache(pairs[0][0][:shared], len(pairs)),
+            extra = {**cache_kwarg(self.model, self._prefix_cache(pairs[0][0][:shared],
+                                                                  len(pairs))),
                      "use_cache": True}
             mask = self._shared_prefix_mask(mask.bool(), pos, shared)
         logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
@@ -385,9 +387,9 @@ class TransformersGenerator(Generator):
         batch rows. A config-less cache, as in the document engine: a config would make
         Gemma's sliding layers truncate it. The prefix pass itself has no padding, so the
         model's own masks (window by index) are right there."""
-        cache = DynamicCache()
-        self.model.get_decoder()(input_ids=torch.tensor([ids], device=self.device), cache=cache,
-                                 use_cache=True)
+        cache, decoder = DynamicCache(), self.model.get_decoder()
+        decoder(input_ids=torch.tensor([ids], device=self.device), **cache_kwarg(decoder, cache),
+                use_cache=True)
         return DynamicCache(ddp_cache_data=[
             (layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1))
             for layer in cache.layers])
