@@ -149,7 +149,7 @@ def choose_remedy(out: Path, demo: Path, demo_cfg: dict, pdist_rows: Path, args)
         train = {"data": str(pdist_rows), "output": str(sweep / "unused"),
                  "model": demo_cfg["reranker"], "kind": demo_cfg["reranker_kind"],
                  "objective": "kl", **demo_cfg["training"], "num_workers": 1,
-                 "anchor_mix": "arithmetic",
+                 "anchor_mix": "arithmetic", "base_merge": 0.0,
                  "validation": {"fraction": 0.3, "data": str(demo / "split" / "train")}}
         run_tune(TuneJobConfig(
             train=train, output=str(sweep), search={"algorithm": "grid"}, metric="val_mrr",
@@ -216,10 +216,12 @@ def train_runs(runs: dict[str, tuple], out: Path, demo: Path, demo_cfg: dict,
                           model=demo_cfg["reranker"], kind=demo_cfg["reranker_kind"],
                           objective=objective, run_name=f"distill-{run}",
                           # plain and control unanchored, whatever the default; anchored runs
-                          # mix arithmetically, as docs/distillation.md points 1-9 measured
-                          # (the geometric default came later: benchmarks/distill_nq.py)
+                          # mix arithmetically and export unmerged, as docs/distillation.md
+                          # points 1-9 measured (the geometric anchor and the base merge came
+                          # later: benchmarks/distill_nq.py, benchmarks/wise_ft.py)
                           **{**demo_cfg["training"], "num_workers": args.train_workers,
-                             "anchor": 0.0, "anchor_mix": "arithmetic", **extra}))
+                             "anchor": 0.0, "anchor_mix": "arithmetic", "base_merge": 0.0,
+                             **extra}))
         log(f"train {run}: {time.monotonic() - t:.0f}s")
     return models
 

@@ -127,6 +127,7 @@ def student(data: Path, out: Path, name: str, setting: tuple[float, float, str],
         t = time.monotonic()
         train(TrainConfig(data=str(data), output=str(model.parent), run_name=f"distill-nq-{name}",
                           temperature=setting[0], anchor=setting[1], anchor_mix=setting[2],
+                          base_merge=0.0,  # exported unmerged: benchmarks/wise_ft.py merges
                           num_workers=args.train_workers, **{**RECIPE, "kind": args.kind}))
         log(f"train {name}: {time.monotonic() - t:.0f}s")
     return model

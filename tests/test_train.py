@@ -536,6 +536,47 @@ def test_an_unset_anchor_mix_is_geometric_for_bi_encoder_kl_only(tmp_path, group
     assert mode(kind="cross", objective="kl", anchor=0.5, anchor_mix="geometric") == "geometric"
 
 
+def test_export_merges_a_trained_checkpoint_with_the_starting_model(tmp_path, groups_dir,
+                                                                     tiny_bert_dir):
+    """``base_merge`` w exports (1 − w) x the checkpoint's weights + w x the starting model's
+    (rebuilt as the workers built it); the default is 0.25 for a bi-encoder KL student only, the
+    note says so, and a run that exports its starting model merges nothing."""
+    import torch
+    from ray.train import Checkpoint
+
+    from raglign.models.rerankers import load_reranker
+    from raglign.training.export import choose_export, export_model
+    from raglign.training.reranker import build_reranker
+
+    def merge(**kw):
+        return _cfg(groups_dir, str(tiny_bert_dir), tmp_path, **kw).base_merge_weight
+
+    assert merge(kind="bi", objective="kl") == 0.25
+    assert merge(kind="bi", objective="kl", base_merge=0.0) == 0.0
+    assert merge(kind="cross", objective="kl") == merge(kind="bi", objective="infonce") == 0.0
+    cfg = _cfg(groups_dir, str(tiny_bert_dir), tmp_path, kind="bi", objective="kl")
+    trained = build_reranker(cfg)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    (tmp_path / "ckpt").mkdir()
+    torch.save(trained.state_dict(), tmp_path / "ckpt" / "model.pt")
+    ckpt = Checkpoint.from_directory(str(tmp_path / "ckpt"))
+    choice = choose_export(cfg, [], ckpt, 8, None)
+    assert choice.note.endswith(f"0.75 x trained + 0.25 x `{tiny_bert_dir}` (base_merge)")
+    base = build_reranker(cfg).state_dict()
+    for w in (0.25, 0.0):
+        out = tmp_path / f"model-{w}"
+        export_model(cfg.model_copy(update={"base_merge": w}), ckpt, str(out), "card")
+        got = load_reranker(str(out), kind="bi").state_dict()
+        for k, v in trained.state_dict().items():
+            torch.testing.assert_close(got[k], v + w * (base[k] - v), rtol=1e-5, atol=1e-6)
+    unchanged = _cfg(groups_dir, str(tiny_bert_dir), tmp_path, kind="bi", objective="kl",
+                     validation={"fraction": 0.2})
+    history = [{"step": 0, "val_mrr": 0.9}, {"step": 8, "val_mrr": 0.5}]
+    assert "base_merge" not in choose_export(unchanged, history, ckpt, 8, None).note
+
+
 # --- Ray Train: 2 DDP workers, stop at max_steps, resume --------------------------------------
 
 def test_two_worker_ddp_resumes_and_matches_uninterrupted_training(

@@ -111,6 +111,8 @@ BAD = [
     ({"param_space": {"train.lr": {"uniform": [0.0, 1e-3]}}}, r"train.lr=0.0.*greater than 0"),
     ({"param_space": {"train.gumble.tau": {"grid": [0.5]}}}, r"did you mean `gumbel`"),
     ({"param_space": {"mine.alpha": {"grid": [0.5, 2.0]}}}, r"mine.alpha=2.0.*alpha"),
+    ({"param_space": {"train.base_merge": {"grid": [0.0, 0.5]}}},
+     r"train.base_merge.*at export, after validation.*raglign models merge"),
     ({"param_space": {}}, "param_space is empty"),
     ({"param_space": {"train.lr": {"grid": []}}}, "grid is empty"),
     ({"param_space": {"train.lr": {"uniform": [1e-3, 1e-4]}}}, "low < high"),

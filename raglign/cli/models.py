@@ -1,7 +1,11 @@
-"""``raglign models``: list the packaged offline models and convert them into the local cache."""
+"""``raglign models``: list the packaged offline models, convert them into the local cache, and
+merge a trained reranker's weights with its starting model's."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from raglign.errors import ConfigError
 from raglign.models.registry import PACKAGED, cache_dir, resolve_model
 
 
@@ -23,6 +27,28 @@ def _prepare(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    """Base, kind and seed default to the training run's own (``train_config.yaml`` beside the
+    exported ``model/`` directory), so ``raglign models merge RUN/model --base-weight 0.5 OUT``
+    needs nothing else for a model ``raglign train`` wrote."""
+    import yaml
+
+    from raglign.training.merge import merge_models
+
+    run_cfg = Path(args.trained).parent / "train_config.yaml"
+    recorded = yaml.safe_load(run_cfg.read_text()) if run_cfg.exists() else {}
+    base = args.base or recorded.get("model")
+    kind = args.kind or recorded.get("kind")
+    seed = args.seed if args.seed is not None else recorded.get("seed", 42)
+    if not base or not kind:
+        raise ConfigError(f"{run_cfg} does not exist: name the starting model with --base and "
+                          "its kind with --kind")
+    merge_models(args.trained, base, args.output, args.base_weight, kind, seed=seed)
+    print(f"{args.output}: {1 - args.base_weight:g} x {args.trained} + "
+          f"{args.base_weight:g} x {base}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("models", help="list packaged offline models; prepare their cached copies")
     s = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
@@ -31,3 +57,14 @@ def register(sub) -> None:
     f = s.add_parser("prepare", help="convert packaged GGUF models once into the bf16 cache")
     f.add_argument("names", nargs="+", help="short names (smollm2-135m, gemma3-270m, minilm-l6)")
     f.set_defaults(func=_prepare)
+    m = s.add_parser("merge", help="interpolate a trained reranker's weights toward its starting "
+                     "model's (WiSE-FT weight-space ensembling)")
+    m.add_argument("trained", help="the trained model directory (a train run's model/)")
+    m.add_argument("output", help="directory for the merged model")
+    m.add_argument("--base-weight", type=float, required=True,
+                   help="w in (1 - w) x trained + w x base; 0 keeps the trained model")
+    m.add_argument("--base", help="the starting model (default: the run's train_config.yaml)")
+    m.add_argument("--kind", choices=("bi", "cross"), help="default: the run's")
+    m.add_argument("--seed", type=int, help="the run's seed (a new cross-encoder head); "
+                   "default: the run's")
+    m.set_defaults(func=_merge)

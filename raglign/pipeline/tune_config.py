@@ -149,6 +149,11 @@ class TuneJobConfig(JobConfig):
             if key in TRIAL_KEYS or key.split(".")[0] not in ("train", "mine") or "." not in key:
                 raise ValueError(f"param_space key {key!r}: sweep train.<key> or mine.<key> "
                                  f"(not {', '.join(sorted(TRIAL_KEYS))}: each trial sets those)")
+            if key == "train.base_merge":
+                raise ValueError("param_space key 'train.base_merge': the merge happens at "
+                                 "export, after validation, so every trial would report the "
+                                 "same metric; merge the best model at several weights with "
+                                 "`raglign models merge` and evaluate each (docs/training.md)")
             if key.startswith("mine.") and self.mine is None:
                 raise ValueError(f"param_space key {key!r} needs a mine: recipe to sweep")
             if self.search.algorithm == "grid" and space.kind != "grid":

@@ -8,7 +8,10 @@
   ``train_result.json``.
 * **Export** (:func:`export_model`) runs in the driver: the reranker is rebuilt as every worker
   built it (same seed, so the same new head) and the chosen checkpoint's weights loaded into it.
-  Checkpoints therefore carry no second copy of the model in Hugging Face format.
+  Checkpoints therefore carry no second copy of the model in Hugging Face format. With
+  ``base_merge`` w in effect, a trained checkpoint's weights are exported as ``(1 − w) ·
+  trained + w · base`` (:mod:`raglign.training.merge`), the base rebuilt the same way. The
+  validation scores in the history are the unmerged model's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from raglign import storage
+from raglign.training.merge import interpolate_state
 from raglign.training.reranker import build_reranker
 from raglign.training_config import TrainConfig
 
@@ -47,7 +51,18 @@ def choose_export(cfg: TrainConfig, history: list[dict], last: Any, last_step: i
                   best: tuple[Any, dict] | None) -> ExportChoice:
     """The model to export, from the last checkpoint and the best validated one ``best``
     (``(checkpoint, its reported metrics)``; None when no trained step was checkpointed as a
-    best, or without validation)."""
+    best, or without validation). The note says when the trained weights are merged with the
+    starting model's (``base_merge``)."""
+    choice = _choose(cfg, history, last, last_step, best)
+    w = cfg.base_merge_weight
+    if w and choice.checkpoint is not None:
+        choice.note += (f"; its weights merged with the starting model's, {1 - w:g} x trained + "
+                        f"{w:g} x `{cfg.model}` (base_merge)")
+    return choice
+
+
+def _choose(cfg: TrainConfig, history: list[dict], last: Any, last_step: int,
+            best: tuple[Any, dict] | None) -> ExportChoice:
     if cfg.validation is None:
         return ExportChoice(last_step, last, "last", f"exported the model of the last step "
                                                      f"({last_step})")
@@ -87,6 +102,10 @@ def export_model(cfg: TrainConfig, checkpoint: Any, dst: str, card: str) -> None
         if checkpoint is not None:
             with checkpoint.as_directory() as d:
                 reranker.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu"))
+            if cfg.base_merge_weight:
+                reranker.load_state_dict(interpolate_state(
+                    reranker.state_dict(), build_reranker(cfg).state_dict(),
+                    cfg.base_merge_weight))
         if storage.is_remote(dst):
             with tempfile.TemporaryDirectory(prefix="raglign-export-") as tmp:
                 reranker.eval().save(tmp, model_card=card)

@@ -1,0 +1,209 @@
+"""Distilled students merged back toward their base in weight space (WiSE-FT), the merge weight
+chosen on NQ's validation questions and then applied, unchanged, to the HotpotQA demo
+(issue "Distillation that helps").
+
+The anchor (docs/distillation.md) limits what the targets ask of a student on its training
+questions; the held-out questions are decided by how far the weights travel. ``raglign models
+merge`` exports ``(1 − w) · θ_student + w · θ_base`` (:mod:`raglign.training.merge`). This
+benchmark takes the students the two earlier benchmarks trained, merges each at ``w`` 0.25 /
+0.5 / 0.75, and evaluates every merge with ``raglign eval`` (reranker setting):
+
+* **NQ** (``benchmarks/distill_nq.py``'s run: 216 training, 128 validation, 156 test
+  questions): every bi-encoder student of its grid x every ``w`` (``w = 0`` is the student,
+  ``w = 1`` the base). The choice -- student and ``w`` -- is the best validation MRR; the test
+  reports it once, with paired bootstrap intervals against the base and against the student it
+  was merged from.
+* **HotpotQA** (a ``raglign demo`` output: 67 training, 33 held-out questions): the demo's
+  students merged at the ``w`` NQ validation chose, measured on the held-out questions against
+  the base. Every other ``w`` is listed too, marked as not a choice: 33 questions choose nothing.
+
+    python benchmarks/distill_nq.py --retrieved runs/nq/retrieved --out runs/distill_nq
+    raglign demo --output runs/demo_geo
+    python benchmarks/wise_ft.py --nq runs/distill_nq --demo runs/demo_geo
+
+Merged models and their evaluations go beside the runs they come from (``merged/``, ``eval/``),
+so a re-run only evaluates what is missing. Results: ``docs/wise_ft.{json,md,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill import _diff, differences, evaluate_runs  # noqa: E402
+from distill_nq import evaluate as evaluate_nq  # noqa: E402
+
+WEIGHTS = (0.25, 0.5, 0.75)
+
+
+def log(msg: str) -> None:
+    print(f"[wise_ft {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def students(train: Path) -> dict[str, Path]:
+    """The bi-encoder students under a run's ``train/`` (controls left out: they are not
+    candidates for a choice)."""
+    out = {}
+    for run in sorted(train.iterdir()):
+        cfg = run / "train_config.yaml"
+        if (run / "model").exists() and cfg.exists() and not run.name.startswith("control"):
+            if yaml.safe_load(cfg.read_text())["kind"] == "bi":
+                out[run.name] = run / "model"
+    return out
+
+
+def merged(root: Path, name: str, model: Path, w: float) -> Path:
+    """``name`` merged at base weight ``w`` (made unless it exists), named ``name-w<w>``."""
+    from raglign.training.merge import merge_models
+
+    cfg = yaml.safe_load((model.parent / "train_config.yaml").read_text())
+    path = root / "merged" / f"{name}-w{w:g}" / "model"
+    if not path.exists():
+        merge_models(str(model), cfg["model"], str(path), w, cfg["kind"], seed=cfg["seed"])
+    return path
+
+
+def with_merges(root: Path, found: dict[str, Path], weights=WEIGHTS) -> dict[str, Path]:
+    models = {}
+    for name, model in found.items():
+        models[name] = model
+        models.update({f"{name}-w{w:g}": merged(root, name, model, w) for w in weights})
+    return models
+
+
+def choose(val: dict[str, dict]) -> str:
+    """The best validation MRR among the students and their merges (the base included: a merge
+    that does not beat it is not chosen); ties go to the first listed."""
+    return max(val, key=lambda n: val[n]["mrr"])
+
+
+def source(name: str) -> str:
+    """The student a merge was made from (``T0.1-a0-w0.5`` -> ``T0.1-a0``)."""
+    return name.rsplit("-w", 1)[0] if "-w" in name else name
+
+
+def weight(name: str) -> float:
+    return float(name.rsplit("-w", 1)[1]) if "-w" in name else (1.0 if name == "base" else 0.0)
+
+
+def nq_part(run: Path, args) -> dict:
+    found = students(run / "train")
+    models = with_merges(run, found)
+    ns = argparse.Namespace(kind="bi", k=args.k, actors=args.actors)
+    val = evaluate_nq(run, run / "split" / "val", "val", models, ns)
+    test = evaluate_nq(run, run / "split" / "test", "test", models, ns)
+    chosen = choose(val)
+    log(f"NQ: chosen on validation {chosen} (MRR {val[chosen]['mrr']:.3f})")
+    names = list(models)
+    result = {"val": _summaries(val), "test": _summaries(test), "chosen": chosen,
+              "val_vs_base": differences(val, "base", names, args.n_boot),
+              "test_vs_base": differences(test, "base", names, args.n_boot),
+              "test_vs_student": {n: differences(test, source(n), [n], args.n_boot)[n]
+                                  for n in names if n != source(n)}}
+    return result
+
+
+def hotpotqa_part(demo: Path, out: Path, w: float, args) -> dict:
+    demo_cfg = json.loads((demo / "demo_config.json").read_text())
+    found = students(demo / "train")
+    models = with_merges(out, found)
+    test = evaluate_runs(out, demo, demo_cfg, models, "test")
+    names = list(models)
+    return {"demo": str(demo), "weight": w, "test": _summaries(test),
+            "test_vs_base": differences(test, "base", names, args.n_boot),
+            "test_vs_student": {n: differences(test, source(n), [n], args.n_boot)[n]
+                                for n in names if n != source(n)}}
+
+
+def _summaries(reports: dict[str, dict]) -> dict[str, dict]:
+    return {n: {k: v for k, v in r.items() if k in ("n", "mrr", "recall@1", "recall@5")}
+            for n, r in reports.items()}
+
+
+def _rows(part: dict, split: str, mark: str | None = None) -> list[str]:
+    lines = [f"| model | w | MRR | Recall@5 | MRR − base | R@5 − base | MRR − its student | "
+             f"R@5 − its student |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    vs_base, vs_student = part[f"{split}_vs_base"], part.get(f"{split}_vs_student", {})
+    for name, r in part[split].items():
+        label = f"**{name}**" if name == mark else name
+        lines.append(f"| {label} | {weight(name):g} | {r['mrr']:.3f} | {r['recall@5']:.3f} | "
+                     f"{_diff(vs_base.get(name), 'mrr')} | {_diff(vs_base.get(name), 'recall@5')}"
+                     f" | {_diff(vs_student.get(name), 'mrr')} | "
+                     f"{_diff(vs_student.get(name), 'recall@5')} |")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    nq, hq = result["nq"], result["hotpotqa"]
+    lines = ["Students merged toward their base in weight space, `(1 − w) · student + w · base` "
+             "(`raglign models merge`). `w` 0 is the student, 1 the base. Differences: paired "
+             "bootstrap 95 % CIs over questions (▲/▼: the interval excludes 0).", "",
+             f"**NQ validation** (n = {nq['val']['base']['n']}); chosen: `{nq['chosen']}`.", ""]
+    lines += _rows({"val": nq["val"], "val_vs_base": nq["val_vs_base"]}, "val", nq["chosen"])
+    lines += ["", f"**NQ test** (n = {nq['test']['base']['n']}).", ""]
+    lines += _rows(nq, "test", nq["chosen"])
+    lines += ["", f"**HotpotQA held-out** (n = {hq['test']['base']['n']}, `{hq['demo']}`): "
+              f"w = {hq['weight']:g} is NQ validation's choice; the other weights are shown, "
+              "not chosen.", ""]
+    lines += _rows(hq, "test", None)
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    """Test MRR against w, one line per student: the interpolation path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, (title, part) in zip(axes, (("NQ test", result["nq"]),
+                                        ("HotpotQA held-out", result["hotpotqa"]))):
+        test = part["test"]
+        for name in [n for n in test if n != "base" and source(n) == n]:
+            ws = [0.0] + [w for w in WEIGHTS if f"{name}-w{w:g}" in test] + [1.0]
+            ys = ([test[name]["mrr"]] + [test[f"{name}-w{w:g}"]["mrr"] for w in ws[1:-1]]
+                  + [test["base"]["mrr"]])
+            ax.plot(ws, ys, marker="o", label=name)
+        ax.axhline(test["base"]["mrr"], color="grey", linestyle="--", label="base")
+        ax.set(title=title, xlabel="w (weight of the base)", ylabel="MRR")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nq", default="runs/distill_nq", help="benchmarks/distill_nq.py's --out")
+    ap.add_argument("--demo", default="runs/demo_geo", help="a raglign demo's --output")
+    ap.add_argument("--out", default="runs/wise_ft", help="HotpotQA merges and evaluations")
+    ap.add_argument("--k", type=int, default=10, help="NQ candidates reranked (eval's k1)")
+    ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--docs", default="docs", help="where wise_ft.{json,md,png} go")
+    args = ap.parse_args()
+
+    from raglign.ray_session import ray_session
+
+    with ray_session():
+        nq = nq_part(Path(args.nq), args)
+        hq = hotpotqa_part(Path(args.demo), Path(args.out), weight(nq["chosen"]), args)
+    result = {"nq": nq, "hotpotqa": hq}
+    docs = Path(args.docs)
+    (docs / "wise_ft.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (docs / "wise_ft.md").write_text(md)
+    plot(result, docs / "wise_ft.png")
+    print("\n" + md, flush=True)
+
+
+if __name__ == "__main__":
+    main()
