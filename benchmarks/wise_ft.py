@@ -16,6 +16,10 @@ benchmark takes the students the two earlier benchmarks trained, merges each at 
 * **HotpotQA** (a ``raglign demo`` output: 67 training, 33 held-out questions): the demo's
   students merged at the ``w`` NQ validation chose, measured on the held-out questions against
   the base. Every other ``w`` is listed too, marked as not a choice: 33 questions choose nothing.
+  Each ``kl`` student also gets its shuffled-target control (``distill.py``'s: the targets
+  permuted within each question), trained from the student's own recorded config and exported
+  unmerged, then merged at the chosen ``w`` like the student: a student no better than its
+  control learned nothing from its teacher.
 
     python benchmarks/distill_nq.py --retrieved runs/nq/retrieved --out runs/distill_nq
     raglign demo --output runs/demo_geo
@@ -70,6 +74,26 @@ def merged(root: Path, name: str, model: Path, w: float) -> Path:
     return path
 
 
+def control(out: Path, name: str, model: Path) -> Path:
+    """``name``'s shuffled-target control: the student's recorded ``train_config.yaml`` on its
+    rows with the targets permuted within each question, exported unmerged (trained unless it
+    exists)."""
+    from distill import control_rows
+
+    from raglign.pipeline.train import train
+    from raglign.training_config import TrainConfig
+
+    cfg = yaml.safe_load((model.parent / "train_config.yaml").read_text())
+    path = out / "train" / f"control-{name}" / "model"
+    if not path.exists():
+        rows = control_rows(Path(cfg["data"]), "target", out / "control_rows" / name)
+        t = time.monotonic()
+        train(TrainConfig(**{**cfg, "data": str(rows), "output": str(path.parent),
+                             "run_name": f"wise-ft-control-{name}", "base_merge": 0.0}))
+        log(f"train control-{name}: {time.monotonic() - t:.0f}s")
+    return path
+
+
 def with_merges(root: Path, found: dict[str, Path], weights=WEIGHTS) -> dict[str, Path]:
     models = {}
     for name, model in found.items():
@@ -114,12 +138,21 @@ def hotpotqa_part(demo: Path, out: Path, w: float, args) -> dict:
     demo_cfg = json.loads((demo / "demo_config.json").read_text())
     found = students(demo / "train")
     models = with_merges(out, found)
+    kl = [n for n, m in found.items()
+          if yaml.safe_load((m.parent / "train_config.yaml").read_text())["objective"] == "kl"]
+    merged_w = f"-w{w:g}" if 0 < w < 1 else ""
+    for name in kl:
+        models.update(with_merges(out, {f"control-{name}": control(out, name, found[name])},
+                                  [w] if merged_w else []))
     test = evaluate_runs(out, demo, demo_cfg, models, "test")
     names = list(models)
     return {"demo": str(demo), "weight": w, "test": _summaries(test),
             "test_vs_base": differences(test, "base", names, args.n_boot),
             "test_vs_student": {n: differences(test, source(n), [n], args.n_boot)[n]
-                                for n in names if n != source(n)}}
+                                for n in names if n != source(n)},
+            "test_vs_control": {
+                s + m: differences(test, f"control-{s}{m}", [s + m], args.n_boot)[s + m]
+                for s in kl for m in dict.fromkeys(["", merged_w])}}
 
 
 def _summaries(reports: dict[str, dict]) -> dict[str, dict]:
@@ -153,6 +186,12 @@ def markdown(result: dict) -> str:
               f"w = {hq['weight']:g} is NQ validation's choice; the other weights are shown, "
               "not chosen.", ""]
     lines += _rows(hq, "test", None)
+    lines += ["", "**HotpotQA, each KL student against its shuffled-target control** (the "
+              "same recipe on the targets permuted within each question; merged ones against "
+              "the control merged at the same w):", "", "| student | MRR − control | "
+              "R@5 − control |", "|---|---:|---:|"]
+    lines += [f"| {n} | {_diff(d, 'mrr')} | {_diff(d, 'recall@5')} |"
+              for n, d in hq["test_vs_control"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -167,7 +206,8 @@ def plot(result: dict, path: Path) -> None:
     for ax, (title, part) in zip(axes, (("NQ test", result["nq"]),
                                         ("HotpotQA held-out", result["hotpotqa"]))):
         test = part["test"]
-        for name in [n for n in test if n != "base" and source(n) == n]:
+        for name in [n for n in test if n != "base" and source(n) == n
+                     and not n.startswith("control-")]:
             ws = [0.0] + [w for w in WEIGHTS if f"{name}-w{w:g}" in test] + [1.0]
             ys = ([test[name]["mrr"]] + [test[f"{name}-w{w:g}"]["mrr"] for w in ws[1:-1]]
                   + [test["base"]["mrr"]])

@@ -42,3 +42,19 @@ def test_report_rows_carry_weight_and_both_differences(bench_module):
     assert rows[2] == "| base | 1 | 0.900 | 0.800 | – | – | – | – |"
     assert rows[3] == ("| **s-w0.5** | 0.5 | 0.950 | 0.790 | +0.050 [+0.01, +0.09] ▲ | "
                        "-0.010 [-0.03, +0.01] | +0.050 [+0.01, +0.09] ▲ | -0.010 [-0.03, +0.01] |")
+
+
+def test_markdown_has_each_part_and_the_controls(bench_module):
+    bench = bench_module("wise_ft")
+    d = {"mrr": {"diff": 0.02, "diff_ci": [-0.01, 0.05]},
+         "recall@5": {"diff": 0.0, "diff_ci": [0.0, 0.0]}}
+    scores = {"base": {"n": 3, "mrr": 0.9, "recall@5": 0.8},
+              "s-w0.25": {"n": 3, "mrr": 0.91, "recall@5": 0.8}}
+    nq = {"val": scores, "test": scores, "chosen": "s-w0.25", "val_vs_base": {"s-w0.25": d},
+          "test_vs_base": {"s-w0.25": d}, "test_vs_student": {}}
+    hq = {"demo": "runs/demo", "weight": 0.25, "test": scores, "test_vs_base": {},
+          "test_vs_control": {"pdist": d, "pdist-w0.25": d}}
+    md = bench.markdown({"nq": nq, "hotpotqa": hq})
+    assert "chosen: `s-w0.25`" in md and "w = 0.25 is NQ validation's choice" in md
+    assert md.count("| **s-w0.25** |") == 2  # validation and test mark the choice
+    assert "| pdist-w0.25 | +0.020 [-0.01, +0.05] | +0.000 [+0.00, +0.00] |" in md
