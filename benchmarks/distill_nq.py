@@ -191,11 +191,15 @@ def mixed_target_quality(labelled: Path, mined: Path, temperature: float = 0.02,
     return out
 
 
-def table(reports: dict[str, dict], vs_base: dict, vs_default: dict, default: str) -> list[str]:
+def table(reports: dict[str, dict], vs_base: dict, vs_default: dict, default: str,
+          mark: str | None = None) -> list[str]:
+    """Markdown rows: each run's MRR and Recall@5 and its paired differences to the base and to
+    ``default`` (``mark``: a run name set in bold)."""
     lines = [f"| run | MRR | Recall@5 | MRR − base | R@5 − base | MRR − {default} | "
              f"R@5 − {default} |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in reports.items():
-        lines.append(f"| {name} | {r['mrr']:.3f} | {r['recall@5']:.3f} | "
+        label = f"**{name}**" if name == mark else name
+        lines.append(f"| {label} | {r['mrr']:.3f} | {r['recall@5']:.3f} | "
                      f"{_diff(vs_base.get(name), 'mrr')} | {_diff(vs_base.get(name), 'recall@5')}"
                      f" | {_diff(vs_default.get(name), 'mrr')} | "
                      f"{_diff(vs_default.get(name), 'recall@5')} |")

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from distill import _diff, differences, evaluate_runs  # noqa: E402
 from distill_nq import evaluate as evaluate_nq  # noqa: E402
+from distill_nq import table  # noqa: E402
 
 WEIGHTS = (0.25, 0.5, 0.75)
 
@@ -161,22 +162,17 @@ def _summaries(reports: dict[str, dict]) -> dict[str, dict]:
 
 
 def _rows(part: dict, split: str, mark: str | None = None) -> list[str]:
-    lines = [f"| model | w | MRR | Recall@5 | MRR − base | R@5 − base | MRR − its student | "
-             f"R@5 − its student |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    vs_base, vs_student = part[f"{split}_vs_base"], part.get(f"{split}_vs_student", {})
-    for name, r in part[split].items():
-        label = f"**{name}**" if name == mark else name
-        lines.append(f"| {label} | {weight(name):g} | {r['mrr']:.3f} | {r['recall@5']:.3f} | "
-                     f"{_diff(vs_base.get(name), 'mrr')} | {_diff(vs_base.get(name), 'recall@5')}"
-                     f" | {_diff(vs_student.get(name), 'mrr')} | "
-                     f"{_diff(vs_student.get(name), 'recall@5')} |")
-    return lines
+    """The part's table: every model against the base and against the student it was merged
+    from (``-w<w>`` in a name is its base weight)."""
+    return table(part[split], part[f"{split}_vs_base"], part.get(f"{split}_vs_student", {}),
+                 "its student", mark)
 
 
 def markdown(result: dict) -> str:
     nq, hq = result["nq"], result["hotpotqa"]
     lines = ["Students merged toward their base in weight space, `(1 − w) · student + w · base` "
-             "(`raglign models merge`). `w` 0 is the student, 1 the base. Differences: paired "
+             "(`raglign models merge`): a run named `S-w<w>` is student `S` merged at base weight w, `S` "
+             "alone the student (w 0). Differences: paired "
              "bootstrap 95 % CIs over questions (▲/▼: the interval excludes 0).", "",
              f"**NQ validation** (n = {nq['val']['base']['n']}); chosen: `{nq['chosen']}`.", ""]
     lines += _rows({"val": nq["val"], "val_vs_base": nq["val_vs_base"]}, "val", nq["chosen"])

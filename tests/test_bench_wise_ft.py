@@ -31,7 +31,7 @@ def test_names_weights_and_the_choice(bench_module):
     assert bench.choose({"base": {"mrr": 0.9}, "s-w0.5": {"mrr": 0.9}}) == "base"
 
 
-def test_report_rows_carry_weight_and_both_differences(bench_module):
+def test_report_rows_carry_both_differences(bench_module):
     bench = bench_module("wise_ft")
     d = {"mrr": {"diff": 0.05, "diff_ci": [0.01, 0.09]},
          "recall@5": {"diff": -0.01, "diff_ci": [-0.03, 0.01]}}
@@ -39,8 +39,9 @@ def test_report_rows_carry_weight_and_both_differences(bench_module):
                                                                       "recall@5": 0.79}},
             "test_vs_base": {"s-w0.5": d}, "test_vs_student": {"s-w0.5": d}}
     rows = bench._rows(part, "test", "s-w0.5")
-    assert rows[2] == "| base | 1 | 0.900 | 0.800 | – | – | – | – |"
-    assert rows[3] == ("| **s-w0.5** | 0.5 | 0.950 | 0.790 | +0.050 [+0.01, +0.09] ▲ | "
+    assert rows[0].endswith("| MRR − its student | R@5 − its student |")
+    assert rows[2] == "| base | 0.900 | 0.800 | – | – | – | – |"
+    assert rows[3] == ("| **s-w0.5** | 0.950 | 0.790 | +0.050 [+0.01, +0.09] ▲ | "
                        "-0.010 [-0.03, +0.01] | +0.050 [+0.01, +0.09] ▲ | -0.010 [-0.03, +0.01] |")
 
 
