@@ -87,13 +87,16 @@ def _one_pass(engine, cache, answer, output_attentions=False):
         mask = {"full_attention": mask, "sliding_attention": to_mask(sliding)}
     from transformers import DynamicCache
 
+    from raglign.kv_cache import cache_kwarg
+
+    kv = DynamicCache()  # filled by the forward: its values weight the attention reference
     out = model(input_ids=torch.tensor([ids]), position_ids=pos[None], attention_mask=mask,
-                cache=DynamicCache(), use_cache=True, output_attentions=output_attentions)
+                **cache_kwarg(model, kv), use_cache=True, output_attentions=output_attentions)
     A = len(answer_ids)
     rows = torch.arange(T - A - 1, T - 1)
     lp = torch.log_softmax(out.logits[0, rows].float(), -1)
     logprob = lp.gather(-1, torch.tensor(answer_ids)[:, None]).sum()
-    return logprob, out, rows, seg
+    return logprob, (out, kv), rows, seg
 
 
 # (1) one document: parallel == concatenated -------------------------------------------------
@@ -232,9 +235,9 @@ def test_attention_mass_matches_direct_eager_computation(arch, engine, cache):
     eager = copy.deepcopy(arch[1])
     eager.set_attn_implementation("eager")
     ref_engine = DocumentEngine(eager, arch[2])
-    _, out, rows, seg = _one_pass(ref_engine, cache, ANSWER, output_attentions=True)
+    _, (out, kv), rows, seg = _one_pass(ref_engine, cache, ANSWER, output_attentions=True)
     per_layer = []
-    for probs, layer in zip(out.attentions, out.cache.layers):
+    for probs, layer in zip(out.attentions, kv.layers):
         H = probs.shape[1]
         vnorm = layer.values[0].norm(dim=-1).repeat_interleave(H // layer.values.shape[1], 0)
         w = probs[0][:, rows, :] * vnorm[:, None, :]  # [H, A, T]
