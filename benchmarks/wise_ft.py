@@ -52,15 +52,20 @@ def log(msg: str) -> None:
     print(f"[wise_ft {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def run_config(model: Path) -> dict:
+    """The train job's recorded config beside an exported ``model/`` directory."""
+    return yaml.safe_load((model.parent / "train_config.yaml").read_text())
+
+
 def students(train: Path) -> dict[str, Path]:
     """The bi-encoder students under a run's ``train/`` (controls left out: they are not
     candidates for a choice)."""
     out = {}
     for run in sorted(train.iterdir()):
-        cfg = run / "train_config.yaml"
-        if (run / "model").exists() and cfg.exists() and not run.name.startswith("control"):
-            if yaml.safe_load(cfg.read_text())["kind"] == "bi":
-                out[run.name] = run / "model"
+        model = run / "model"
+        if (model.exists() and (run / "train_config.yaml").exists()
+                and not run.name.startswith("control") and run_config(model)["kind"] == "bi"):
+            out[run.name] = model
     return out
 
 
@@ -68,9 +73,9 @@ def merged(root: Path, name: str, model: Path, w: float) -> Path:
     """``name`` merged at base weight ``w`` (made unless it exists), named ``name-w<w>``."""
     from raglign.training.merge import merge_models
 
-    cfg = yaml.safe_load((model.parent / "train_config.yaml").read_text())
     path = root / "merged" / f"{name}-w{w:g}" / "model"
     if not path.exists():
+        cfg = run_config(model)
         merge_models(str(model), cfg["model"], str(path), w, cfg["kind"], seed=cfg["seed"])
     return path
 
@@ -84,9 +89,9 @@ def control(out: Path, name: str, model: Path) -> Path:
     from raglign.pipeline.train import train
     from raglign.training_config import TrainConfig
 
-    cfg = yaml.safe_load((model.parent / "train_config.yaml").read_text())
     path = out / "train" / f"control-{name}" / "model"
     if not path.exists():
+        cfg = run_config(model)
         rows = control_rows(Path(cfg["data"]), "target", out / "control_rows" / name)
         t = time.monotonic()
         train(TrainConfig(**{**cfg, "data": str(rows), "output": str(path.parent),
@@ -140,7 +145,7 @@ def hotpotqa_part(demo: Path, out: Path, w: float, args) -> dict:
     found = students(demo / "train")
     models = with_merges(out, found)
     kl = [n for n, m in found.items()
-          if yaml.safe_load((m.parent / "train_config.yaml").read_text())["objective"] == "kl"]
+          if run_config(m)["objective"] == "kl"]
     merged_w = f"-w{w:g}" if 0 < w < 1 else ""
     for name in kl:
         models.update(with_merges(out, {f"control-{name}": control(out, name, found[name])},

@@ -10,8 +10,8 @@
   built it (same seed, so the same new head) and the chosen checkpoint's weights loaded into it.
   Checkpoints therefore carry no second copy of the model in Hugging Face format. With
   ``base_merge`` w in effect, a trained checkpoint's weights are exported as ``(1 − w) ·
-  trained + w · base`` (:mod:`raglign.training.merge`), the base rebuilt the same way. The
-  validation scores in the history are the unmerged model's.
+  trained + w · base`` (:mod:`raglign.training.merge`), the base being the model just built,
+  before the checkpoint is loaded into it. The validation scores in the history are the unmerged model's.
 """
 
 from __future__ import annotations
@@ -100,12 +100,14 @@ def export_model(cfg: TrainConfig, checkpoint: Any, dst: str, card: str) -> None
     with _quiet_transformers():  # the workers' logs said it all (a new head, missing keys)
         reranker = build_reranker(cfg)  # as every worker built it: the starting model
         if checkpoint is not None:
+            # the starting weights, kept for the merge before the checkpoint overwrites them
+            start = ({k: v.clone() for k, v in reranker.state_dict().items()}
+                     if cfg.base_merge_weight else None)
             with checkpoint.as_directory() as d:
                 reranker.load_state_dict(torch.load(Path(d) / "model.pt", map_location="cpu"))
-            if cfg.base_merge_weight:
-                reranker.load_state_dict(interpolate_state(
-                    reranker.state_dict(), build_reranker(cfg).state_dict(),
-                    cfg.base_merge_weight))
+            if start is not None:
+                reranker.load_state_dict(interpolate_state(reranker.state_dict(), start,
+                                                           cfg.base_merge_weight))
         if storage.is_remote(dst):
             with tempfile.TemporaryDirectory(prefix="raglign-export-") as tmp:
                 reranker.eval().save(tmp, model_card=card)
