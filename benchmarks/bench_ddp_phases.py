@@ -13,7 +13,7 @@ loop's (``train_loop.DDP_OPTIONS``: gradients as bucket views, ``build_optimizer
 Every run's losses and weights are compared with the 1-process ``before`` run.
 
 It also counts the padded tokens each rank's forward computes (length-sorted pieces under the
-1024-token CPU budget, as ``forward_scores`` cuts them): a DDP step waits for the rank with the
+CPU token budget, as ``forward_scores`` cuts them): a DDP step waits for the rank with the
 most, so sum over steps of the 1-process tokens / sum of the larger rank's is the speed-up that
 the data split leaves possible before any overhead; counted for the step's rows dealt to the
 ranks by size (``batches.balanced_slots``, as the loop does) and in contiguous slices.
@@ -155,7 +155,7 @@ def padded_tokens(spec: dict) -> dict:
     from transformers import AutoTokenizer
 
     from bench_vs_sentence_transformers import train_config
-    from raglign.batching import DEVICE_TOKEN_BUDGET, length_batches
+    from raglign.batching import ENCODER_TOKEN_BUDGET, length_batches
     from raglign.training.batches import (
         epoch_permutation,
         make_batch,
@@ -184,7 +184,7 @@ def padded_tokens(spec: dict) -> dict:
                         [d for g in b.docs for d in g],
                         truncation="longest_first", max_length=cfg.max_length)["input_ids"]]
                     per_rank.append(sum(len(c) * lengths[c[0]] for c in length_batches(
-                        lengths, len(lengths), DEVICE_TOKEN_BUDGET["cpu"])))
+                        lengths, len(lengths), ENCODER_TOKEN_BUDGET["cpu"])))
                 steps.append(per_rank)
             steps_of[world] = steps
         one = sum(s[0] for s in steps_of[1])

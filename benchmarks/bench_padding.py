@@ -1,4 +1,5 @@
-"""Length-sorted micro-batches vs one padded batch: reranker training forward+backward.
+"""Length-sorted micro-batches vs one padded batch: reranker training forward+backward, or
+scoring (``--score``).
 
 A training micro-batch holds groups of documents of mixed lengths; padded as one batch, every
 document costs the longest one's tokens. ``Encoder.embed`` and the cross-encoder's
@@ -7,8 +8,11 @@ document costs the longest one's tokens. ``Encoder.embed`` and the cross-encoder
 distractor paragraphs with the packaged MiniLM-L6 (bi-encoder, and the cross-encoder built on
 it), one torch thread, fp32: padded tokens computed per real token, and seconds per
 forward+backward of ``--groups`` groups of 7 documents, alternating the budgets in one run.
+``--score`` times the forward alone, in eval mode and without gradients, as ``raglign eval``
+and mining score.
 
     python benchmarks/bench_padding.py --groups 4 --repeats 5
+    python benchmarks/bench_padding.py --groups 4 --repeats 5 --score
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="1000000,4096,2048,1024,512")
     ap.add_argument("--kinds", default="bi,cross")
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--score", action="store_true",
+                    help="time no-grad scoring in eval mode instead of forward+backward")
     args = ap.parse_args()
     torch.set_num_threads(1)
     from raglign.models.rerankers import load_reranker
@@ -53,7 +59,8 @@ def main() -> None:
     results = []
     for kind in args.kinds.split(","):
         torch.manual_seed(0)
-        reranker = load_reranker("minilm-l6", kind=kind, max_length=args.max_length).train()
+        reranker = load_reranker("minilm-l6", kind=kind, max_length=args.max_length)
+        reranker.train(not args.score)
         owner = reranker.encoder if kind == "bi" else reranker
         model = reranker.encoder.model if kind == "bi" else reranker.model
         padded: list[int] = []
@@ -68,7 +75,11 @@ def main() -> None:
                 owner.token_budget = b
                 padded.clear()
                 t0 = time.perf_counter()
-                reranker.forward_scores(queries, docs).sum().backward()
+                if args.score:
+                    with torch.no_grad():
+                        reranker.forward_scores(queries, docs)
+                else:
+                    reranker.forward_scores(queries, docs).sum().backward()
                 times[b].append(time.perf_counter() - t0)
                 reranker.zero_grad(set_to_none=True)
                 tokens[b] += sum(padded)

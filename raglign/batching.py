@@ -7,6 +7,14 @@ budget removes almost all of it, and the results come back in input order, so ca
 the reordering. On a CPU small forwards are also faster per token than one large one (cache
 reuse): forward+backward of that micro-batch ran 4.2x faster in 1024-token pieces than as one
 batch (``benchmarks/bench_padding.py``); a GPU wants larger pieces to stay busy.
+
+Encoders and rerankers default to half the generator's CPU budget (512 tokens, 2-4 pairs a
+piece). One process trains as fast at 512 as at 1024, but a DDP step split over workers sorts
+fewer texts per worker, so its pieces pad more: on the benchmark's HotpotQA steps two workers
+computed 5.1 % more padded tokens than one process at 1024 and 1.8 % at 512, and two
+``raglign train`` workers over one went from 1.63-1.69x to 1.73-1.76x, interleaved on the same
+2-core machine (docs/benchmarks.md, "Training side by side with sentence-transformers"). The
+generator's scoring keeps 1024, where it was measured.
 """
 
 from __future__ import annotations
@@ -17,11 +25,14 @@ import torch
 
 
 DEVICE_TOKEN_BUDGET = {"cpu": 1024, "cuda": 16384}
+ENCODER_TOKEN_BUDGET = {"cpu": 512, "cuda": 16384}
 
 
-def token_budget(device: torch.device, budget: int | None) -> int:
-    """``budget`` if given, else the device type's default (CPU 1024, CUDA 16384)."""
-    return budget if budget is not None else DEVICE_TOKEN_BUDGET.get(device.type, 16384)
+def token_budget(device: torch.device, budget: int | None,
+                 defaults: dict[str, int] = DEVICE_TOKEN_BUDGET) -> int:
+    """``budget`` if given, else the device type's default in ``defaults`` (the generator's:
+    CPU 1024, CUDA 16384; :data:`ENCODER_TOKEN_BUDGET` for encoders and rerankers)."""
+    return budget if budget is not None else defaults.get(device.type, 16384)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, token_budget: int,

@@ -134,6 +134,31 @@ def test_length_sorted_micro_batches_keep_scores_and_gradients(kind, tiny_cross_
     assert sum(b * t for b, t in c_many) < sum(b * t for b, t in c_one)
 
 
+@pytest.mark.parametrize("kind", ["cross", "bi"])
+def test_cpu_default_budget_is_the_encoders_not_the_generators(kind, tiny_cross_dir,
+                                                                tiny_bert_dir):
+    """Without a ``token_budget`` a reranker on CPU cuts its texts into pieces of at most
+    ``ENCODER_TOKEN_BUDGET["cpu"]`` (512) padded tokens -- texts that one 1024-token piece, the
+    generator's default, would hold run as several."""
+    from raglign.batching import DEVICE_TOKEN_BUDGET, ENCODER_TOKEN_BUDGET
+
+    budget = ENCODER_TOKEN_BUDGET["cpu"]
+    assert budget < DEVICE_TOKEN_BUDGET["cpu"]
+    path = tiny_cross_dir if kind == "cross" else tiny_bert_dir
+    reranker = load_reranker(str(path), kind=kind, max_length=128, device="cpu").eval()
+    assert (reranker.encoder if kind == "bi" else reranker).token_budget is None
+    calls = []
+    model = reranker.encoder.model if kind == "bi" else reranker.model
+    model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].numel()),
+                                with_kwargs=True)
+    long_doc = " ".join(DOCS * 4)  # truncated to 128 tokens
+    with torch.no_grad():
+        reranker.forward_scores([QUERY], [[long_doc] * 6])
+    assert max(calls) <= budget
+    assert sum(calls) > budget  # so one piece of the generator's budget would have done
+    assert len(calls) > 1
+
+
 def test_forward_length_sorted_returns_rows_in_input_order():
     from raglign.batching import forward_length_sorted
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from raglign.errors import ConfigError
-from raglign.batching import forward_length_sorted, token_budget
+from raglign.batching import ENCODER_TOKEN_BUDGET, forward_length_sorted, token_budget
 from raglign.models.registry import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ class Encoder(torch.nn.Module):
         self.normalize = normalize
         self.max_length = max_length
         self.lowercase = lowercase
-        self.token_budget = token_budget  # None: the device's default (batching.token_budget)
+        self.token_budget = token_budget  # None: batching.ENCODER_TOKEN_BUDGET's
 
     @property
     def device(self) -> torch.device:
@@ -213,7 +213,8 @@ class Encoder(torch.nn.Module):
         The texts run in length-sorted micro-batches of at most ``token_budget`` padded tokens
         (a text's embedding does not depend on its batch-mates): 4 training groups of HotpotQA
         paragraphs padded as one batch pad to 1.94x their tokens and ran forward+backward 4.2x
-        slower on a CPU core than with the 1024-token default (docs/benchmarks.md, "Padding").
+        slower on a CPU core than in 1024-token pieces (docs/benchmarks.md, "Padding"; the CPU
+        default is now 512, :data:`raglign.batching.ENCODER_TOKEN_BUDGET` says why).
         """
         texts = list(texts)
 
@@ -221,8 +222,8 @@ class Encoder(torch.nn.Module):
             enc = self.tokenize([texts[i] for i in idx])
             return self.pool(self.model(**enc).last_hidden_state, enc["attention_mask"])
 
-        emb = forward_length_sorted(self.token_lengths(texts),
-                                    token_budget(self.device, self.token_budget), forward)
+        budget = token_budget(self.device, self.token_budget, ENCODER_TOKEN_BUDGET)
+        emb = forward_length_sorted(self.token_lengths(texts), budget, forward)
         if self.normalize if normalize is None else normalize:
             emb = F.normalize(emb, p=2, dim=-1)
         return emb

@@ -39,7 +39,7 @@ from raglign.models.encoders import (
     resolve_device,
     resolve_dtype,
 )
-from raglign.batching import forward_length_sorted, token_budget
+from raglign.batching import ENCODER_TOKEN_BUDGET, forward_length_sorted, token_budget
 from raglign.models.registry import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class CrossEncoderReranker(Reranker):
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.token_budget = token_budget  # None: the device's default (batching.token_budget)
+        self.token_budget = token_budget  # None: batching.ENCODER_TOKEN_BUDGET's
 
     def token_lengths(self, firsts: list[str], seconds: list[str]) -> list[int]:
         """Tokens per (query, document) pair after truncation, as the forward encodes them."""
@@ -159,8 +159,8 @@ class CrossEncoderReranker(Reranker):
                                  max_length=self.max_length, return_tensors="pt").to(self.device)
             return self.model(**enc).logits.float()
 
-        logits = forward_length_sorted(lengths, token_budget(self.device, self.token_budget),
-                                       forward)
+        budget = token_budget(self.device, self.token_budget, ENCODER_TOKEN_BUDGET)
+        logits = forward_length_sorted(lengths, budget, forward)
         return logits.view(len(queries), n)
 
     def save(self, path: str | os.PathLike, model_card: str | None = None) -> None:
