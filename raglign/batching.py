@@ -9,12 +9,12 @@ reuse): forward+backward of that micro-batch ran 4.2x faster in 1024-token piece
 batch (``benchmarks/bench_padding.py``); a GPU wants larger pieces to stay busy.
 
 Encoders and rerankers default to half the generator's CPU budget (512 tokens, 2-4 pairs a
-piece). One process trains as fast at 512 as at 1024, but a DDP step split over workers sorts
-fewer texts per worker, so its pieces pad more: on the benchmark's HotpotQA steps two workers
-computed 5.1 % more padded tokens than one process at 1024 and 1.8 % at 512, and two
-``raglign train`` workers over one went from 1.63-1.69x to 1.73-1.76x, interleaved on the same
-2-core machine (docs/benchmarks.md, "Training side by side with sentence-transformers"). The
-generator's scoring keeps 1024, where it was measured.
+piece). One process trains and scores at least as fast at 512 as at 1024 (1.03-1.09x), and a
+DDP step split over workers sorts fewer texts per worker, so its pieces pad more: on the
+benchmark's HotpotQA steps two workers computed 5.1 % more padded FLOPs than one process at
+1024 and 1.8 % at 512, and two ``raglign train`` workers over one went from 1.63-1.69x to
+1.73-1.76x, interleaved on the same 2-core machine (docs/benchmarks.md, "Training side by side
+with sentence-transformers"). The generator's scoring keeps 1024, where it was measured.
 """
 
 from __future__ import annotations
