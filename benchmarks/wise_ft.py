@@ -71,12 +71,11 @@ def students(train: Path) -> dict[str, Path]:
 
 def merged(root: Path, name: str, model: Path, w: float) -> Path:
     """``name`` merged at base weight ``w`` (made unless it exists), named ``name-w<w>``."""
-    from raglign.training.merge import merge_models
+    from raglign.training.merge import merge_trained
 
     path = root / "merged" / f"{name}-w{w:g}" / "model"
     if not path.exists():
-        cfg = run_config(model)
-        merge_models(str(model), cfg["model"], str(path), w, cfg["kind"], seed=cfg["seed"])
+        merge_trained(str(model), str(path), w)
     return path
 
 

@@ -3,9 +3,6 @@ merge a trained reranker's weights with its starting model's."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from raglign.errors import ConfigError
 from raglign.models.registry import PACKAGED, cache_dir, resolve_model
 
 
@@ -28,22 +25,13 @@ def _prepare(args) -> int:
 
 
 def _merge(args) -> int:
-    """Base, kind and seed default to the training run's own (``train_config.yaml`` beside the
-    exported ``model/`` directory), so ``raglign models merge RUN/model --base-weight 0.5 OUT``
-    needs nothing else for a model ``raglign train`` wrote."""
-    import yaml
+    """Base, kind and seed default to the training run's own (``merge_trained``), so
+    ``raglign models merge RUN/model OUT --base-weight 0.5`` needs nothing else for a model
+    ``raglign train`` wrote."""
+    from raglign.training.merge import merge_trained
 
-    from raglign.training.merge import merge_models
-
-    run_cfg = Path(args.trained).parent / "train_config.yaml"
-    recorded = yaml.safe_load(run_cfg.read_text()) if run_cfg.exists() else {}
-    base = args.base or recorded.get("model")
-    kind = args.kind or recorded.get("kind")
-    seed = args.seed if args.seed is not None else recorded.get("seed", 42)
-    if not base or not kind:
-        raise ConfigError(f"{run_cfg} does not exist: name the starting model with --base and "
-                          "its kind with --kind")
-    merge_models(args.trained, base, args.output, args.base_weight, kind, seed=seed)
+    base = merge_trained(args.trained, args.output, args.base_weight, base=args.base,
+                         kind=args.kind, seed=args.seed)
     print(f"{args.output}: {1 - args.base_weight:g} x {args.trained} + "
           f"{args.base_weight:g} x {base}")
     return 0

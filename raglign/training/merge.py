@@ -67,3 +67,25 @@ def merge_models(trained: str, base: str, output: str, base_weight: float, kind:
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     model.save(output, model_card=card)
     return output
+
+
+def merge_trained(trained: str, output: str, base_weight: float, base: str | None = None,
+                  kind: str | None = None, seed: int | None = None) -> str:
+    """:func:`merge_models` with ``base``, ``kind`` and ``seed`` defaulting to the training
+    run's own (its ``train_config.yaml`` beside the exported ``model/`` directory), so a model
+    ``raglign train`` wrote needs nothing else; returns the base used."""
+    import yaml
+
+    from raglign.training_config import TrainConfig
+
+    run_cfg = Path(trained).parent / "train_config.yaml"
+    recorded = yaml.safe_load(run_cfg.read_text()) if run_cfg.exists() else {}
+    base = base or recorded.get("model")
+    kind = kind or recorded.get("kind")
+    if seed is None:
+        seed = recorded.get("seed", TrainConfig.model_fields["seed"].default)
+    if not base or not kind:
+        raise ConfigError(f"{run_cfg} does not exist: name the starting model with --base and "
+                          "its kind with --kind")
+    merge_models(trained, base, output, base_weight, kind, seed=seed)
+    return base
